@@ -1,0 +1,1 @@
+"""Cleanup passes: dead code, no-op elimination, constant folding, CSE, dedup."""

@@ -1,0 +1,1 @@
+"""Fusion passes: declarative patterns (onnxscript's rewriter) folded into fewer kernels."""
