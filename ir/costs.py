@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
+
 from edgeopt.ir.analysis import AnalysisManager, register_analysis
 from edgeopt.ir.shapes import TensorInfo, bind_shape
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import networkx as nx
 import onnx_ir as ir
+
 from edgeopt.ir.analysis import AnalysisManager, register_analysis
 
 

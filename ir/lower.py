@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import onnx_ir as ir
+
 from edgeopt.ir.errors import UserError
 
 DEFAULT_EXPORT_OPSET = 18

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-from edgeopt.ir.errors import ModelLoadError
 from google.protobuf.message import DecodeError
+
+from edgeopt.ir.errors import ModelLoadError
 
 # The oldest default-domain opset we accept: below 7 the operator semantics
 # (broadcasting, BatchNormalization's spatial attr) differ enough that passes

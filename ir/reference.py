@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
+
 from edgeopt.ir.model_io import PROTOBUF_LIMIT, model_bytes, save_model
 from edgeopt.ir.shapes import bind_shape
 

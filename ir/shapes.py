@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import onnx_ir as ir
-from edgeopt.ir.analysis import AnalysisManager, register_analysis
 from onnx_ir.passes.common import ShapeInferencePass
+
+from edgeopt.ir.analysis import AnalysisManager, register_analysis
 
 # Symbolic dims with no binding are taken as 1: costs are then per sample.
 DEFAULT_DIM = 1

@@ -16,11 +16,12 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes import InPlacePass, PreconditionError
+from onnx_ir.passes import PassResult as _IrPassResult
+
 from edgeopt.ir.analysis import AnalysisManager
 from edgeopt.ir.model_io import default_opset
 from edgeopt.passes.options import NoOptions
-from onnx_ir.passes import InPlacePass, PreconditionError
-from onnx_ir.passes import PassResult as _IrPassResult
 
 
 class CostQuery(Protocol):

@@ -15,11 +15,12 @@ from typing import TextIO
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import CheckerPass
+
 from edgeopt.ir.model_io import save_model
 from edgeopt.ir.reference import ReferenceExecutor, compare_outputs
 from edgeopt.passes.base import Pass, PassContext
 from edgeopt.passes.manager import GraphStats, Instrument, PassRecord
-from onnx_ir.passes.common import CheckerPass
 
 
 class DeltaInstrument(Instrument):

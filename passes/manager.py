@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import onnx_ir as ir
+from onnx_ir.passes import PreconditionError
+
 from edgeopt.ir.errors import EdgeoptError, PassFailedError
 from edgeopt.ir.model_io import model_bytes
 from edgeopt.passes.base import Pass, PassContext, PassResult
 from edgeopt.passes.options import options_to_text
 from edgeopt.passes.pipeline import PassSpec, pipeline_text
-from onnx_ir.passes import PreconditionError
 
 
 @dataclass(frozen=True)

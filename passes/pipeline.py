@@ -15,6 +15,7 @@ from typing import Any
 
 import tomllib
 import yaml
+
 from edgeopt.ir.errors import PipelineError
 from edgeopt.passes.base import Pass, PassContext
 from edgeopt.passes.options import build_options, options_to_text

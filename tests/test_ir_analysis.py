@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import pytest
+
 from edgeopt.ir import AnalysisManager, ReferenceExecutor, compare_outputs, load_model
 from edgeopt.ir.reference import compare_arrays
 

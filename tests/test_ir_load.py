@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from edgeopt.ir import ModelLoadError, load_model, save_model
 from onnx import helper, numpy_helper
 
+from edgeopt.ir import ModelLoadError, load_model, save_model
 from tests.conftest import make_conv_bn_model
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import pytest
+
 from edgeopt.ir import PassFailedError, ReferenceExecutor, load_model
 from edgeopt.passes import (
     DeltaInstrument,

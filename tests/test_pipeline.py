@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from edgeopt.ir import PipelineError
 from edgeopt.passes import (
     PassContext,

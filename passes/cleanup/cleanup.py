@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx_ir as ir
+
 from edgeopt.passes.base import Pass, PassContext, PassResult
 from edgeopt.passes.cleanup.dead_code import RemoveDeadCode
 from edgeopt.passes.cleanup.dedup import DeduplicateInitializers, EliminateCommonSubexpressions

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import onnx_ir as ir
-from edgeopt.passes.base import Pass, PassContext, PassResult
-from edgeopt.passes.registry import register_pass
 from onnx_ir.passes.common import (
     RemoveUnusedFunctionsPass,
     RemoveUnusedNodesPass,
     RemoveUnusedOpsetsPass,
 )
+
+from edgeopt.passes.base import Pass, PassContext, PassResult
+from edgeopt.passes.registry import register_pass
 
 
 @register_pass("remove-dead-code")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import onnx_ir as ir
+from onnx_ir.passes.common import CommonSubexpressionEliminationPass, DeduplicateInitializersPass
+
 from edgeopt.passes.base import Pass, PassContext, PassResult
 from edgeopt.passes.registry import register_pass
-from onnx_ir.passes.common import CommonSubexpressionEliminationPass, DeduplicateInitializersPass
 
 
 @register_pass("eliminate-common-subexpressions")

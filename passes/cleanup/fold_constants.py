@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx_ir as ir
+from onnxscript.optimizer import fold_constants_ir
+
 from edgeopt.passes.base import Pass, PassContext, PassResult
 from edgeopt.passes.options import IntRange, option
 from edgeopt.passes.registry import register_pass
-from onnxscript.optimizer import fold_constants_ir
 
 
 @dataclass

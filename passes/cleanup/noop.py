@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+
 from edgeopt.passes.base import Pass, PassContext, PassResult
 from edgeopt.passes.registry import register_pass
 

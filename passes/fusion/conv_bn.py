@@ -7,10 +7,11 @@ follow for every fusion); the pass wraps them with our counts and contract.
 from __future__ import annotations
 
 import onnx_ir as ir
-from edgeopt.passes.base import Pass, PassContext, PassResult
-from edgeopt.passes.registry import register_pass
 from onnxscript.rewriter import RewriteRuleSet
 from onnxscript.rewriter.rules.common import _fuse_batchnorm
+
+from edgeopt.passes.base import Pass, PassContext, PassResult
+from edgeopt.passes.registry import register_pass
 
 _RULES = RewriteRuleSet([
     _fuse_batchnorm.fuse_batchnorm_into_conv_rule,

@@ -1,0 +1,166 @@
+"""The compile driver: load, run the pipeline, emit, and write one folder atomically.
+
+This is the thin layer that ties ir, passes and targets together; the CLI
+calls it and so can Python code. Everything is written into a temporary
+sibling folder and renamed into place at the end, so a failure never leaves a
+half-written output.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeopt.artifacts import write_manifest, write_report
+from edgeopt.ir.errors import UserError
+from edgeopt.ir.model_io import load_model
+from edgeopt.ir.reference import ReferenceExecutor, compare_outputs
+from edgeopt.passes import (
+    DeltaInstrument,
+    Instrument,
+    IRCheckInstrument,
+    PassContext,
+    PassManager,
+    PipelineResult,
+    PrintAfterInstrument,
+    ReproducerInstrument,
+    VerifyInstrument,
+    instantiate,
+    load_entry_point_plugins,
+    load_pipeline_config,
+    load_plugin_file,
+    parse_pipeline,
+)
+from edgeopt.targets import get_emitter, get_target
+
+DEFAULT_PIPELINE = "cleanup,fuse-conv-bn,cleanup"
+
+
+@dataclass
+class CompileRequest:
+    model: Path
+    target: str = "host-cpu"
+    passes: str | None = None
+    config: Path | None = None
+    out: Path | None = None
+    backend: str | None = None
+    verify: bool = False
+    plugins: list[Path] = field(default_factory=list)
+    print_after: set[str] | None = None
+    print_after_all: bool = False
+    reproducer_dir: Path | None = None
+    measure: bool = True
+    force: bool = True
+
+
+@dataclass
+class CompileResult:
+    out: Path
+    pipeline: PipelineResult
+    manifest: dict[str, Any]
+    report: dict[str, Any]
+    seconds: float
+
+
+def load_plugins(files: list[Path]) -> None:
+    """Entry-point plugins first, then the files named on the command line."""
+    load_entry_point_plugins()
+    for path in files:
+        load_plugin_file(path)
+
+
+def resolve_pipeline(request: CompileRequest, ctx: PassContext) -> list:
+    if request.passes and request.config:
+        raise UserError("give either --passes or --config, not both")
+    if request.config:
+        specs = load_pipeline_config(request.config)
+    else:
+        specs = parse_pipeline(request.passes or DEFAULT_PIPELINE)
+    return instantiate(specs, ctx)
+
+
+def default_out(model_path: Path, target: str) -> Path:
+    return model_path.parent / f"{model_path.stem}.{target}.edgeopt"
+
+
+def compile_model(request: CompileRequest,
+                  progress: Callable[[str], None] | None = None) -> CompileResult:
+    """Compile ``request.model`` for ``request.target`` into ``request.out``."""
+    began = time.perf_counter()
+    say = progress or (lambda _message: None)
+    load_plugins(request.plugins)
+    target = get_target(request.target)
+    backend = request.backend or target.default_backend
+    if backend not in target.backends:
+        raise UserError(f"target '{target.name}' has no backend '{backend}'"
+                        f" (it offers: {', '.join(target.backends)})")
+    emitter = get_emitter(backend)
+    out = Path(request.out) if request.out else default_out(request.model, target.name)
+    if out.exists() and not request.force:
+        raise UserError(f"{out}: output folder exists (use --force to replace it)")
+
+    say(f"loading {request.model}")
+    model = load_model(request.model)
+    ctx = PassContext(target=target)
+    passes = resolve_pipeline(request, ctx)  # bad pass names fail before any heavy work
+
+    executor = ReferenceExecutor()
+    inputs = executor.generate_inputs(model)
+    ctx.reference_inputs = inputs
+    say("running the reference model")
+    reference = executor.run(model, inputs)
+    input_model = model.clone()
+
+    # Staged next to the destination so the final rename stays on one filesystem.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        instruments: list[Instrument] = [DeltaInstrument(), IRCheckInstrument()]
+        if request.verify:
+            instruments.append(VerifyInstrument(inputs))
+        if request.print_after_all or request.print_after:
+            instruments.append(PrintAfterInstrument(None if request.print_after_all else request.print_after))
+        reproducers = request.reproducer_dir or Path.cwd() / "edgeopt-reproducers"
+        instruments.append(ReproducerInstrument(reproducers))
+        say(f"running {len(passes)} pass(es)")
+        result = PassManager(passes, instruments, ctx).run(model)
+        model = result.model
+
+        emitter.check(model)
+        say(f"emitting for {backend}")
+        emitted = emitter.emit(model, staging, target.backend_options.get(backend, {}))
+        final = compare_outputs(reference, executor.run(model, inputs), atol=1e-4, rtol=1e-3)
+        emitter.validate(emitted, inputs, reference, measure=request.measure and target.name == "host-cpu")
+        seconds = time.perf_counter() - began
+        report = write_report(staging, request, target, result, emitted, final, seconds)
+        manifest = write_manifest(staging, request.model, input_model, model, target, emitted, final)
+        _replace_folder(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CompileResult(out, result, manifest, report, time.perf_counter() - began)
+
+
+def _replace_folder(staging: Path, out: Path) -> None:
+    """Move ``staging`` to ``out``; an existing ``out`` is swapped out, never half-replaced."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        staging.rename(out)
+        return
+    backup = out.with_name(f".{out.name}.old")
+    if backup.exists():
+        shutil.rmtree(backup)
+    out.rename(backup)
+    try:
+        staging.rename(out)
+    except BaseException:
+        backup.rename(out)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
