@@ -7,6 +7,7 @@ errors into exit codes.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
 from collections import Counter
@@ -156,6 +157,13 @@ def targets_command(plugin: PluginOption = None) -> None:
 
     load_plugins(list(plugin or []))
     console.print(targets_table(list_targets()))
+
+
+# Commands that live in their own modules (edgeopt/cli_<name>.py) register on `app` when
+# imported; add a module here to add its commands.
+COMMAND_MODULES: tuple[str, ...] = ()
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module)
 
 
 def _fail(message: str, code: int) -> int:

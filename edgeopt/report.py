@@ -73,7 +73,10 @@ def targets_table(targets: Iterable[Any]) -> Table:
         value = target.peak(precision)
         if value is None:
             return "-"
-        return f"{value / 1e12:.3g}T" if value >= 1e12 else f"{value / 1e9:.3g}G"
+        for scale, unit in ((1e15, "P"), (1e12, "T"), (1e9, "G")):
+            if value >= scale:
+                return f"{value / scale:.3g}{unit}"
+        return f"{value:.3g}"
 
     for target in targets:
         backends = [target.default_backend] + [b for b in target.backends if b != target.default_backend]

@@ -25,9 +25,15 @@ from edgeopt.passes.options import NoOptions
 
 
 class CostQuery(Protocol):
-    """What a target's cost model offers passes (implemented in edgeopt.targets)."""
+    """What a target's cost model offers passes (implemented in edgeopt.targets).
+
+    ``precision`` maps node names to "fp32" | "fp16" | "int8" | "int4" (nodes not
+    named run at the model's own precision). Times are seconds.
+    """
 
     def latency(self, model: ir.Model, precision: Mapping[str, str] | None = None) -> float: ...
+
+    def layer_latency(self, model: ir.Model, precision: Mapping[str, str] | None = None) -> dict[str, float]: ...
 
 
 @dataclass

@@ -9,11 +9,11 @@ a list of steps ``[[pipeline]] pass = "..." options = {...}``.
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import yaml
 
 from edgeopt.ir.errors import PipelineError
