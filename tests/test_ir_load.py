@@ -120,3 +120,27 @@ def test_save_inline_after_external_load_is_self_contained(tmp_path: Path) -> No
     save_model(model, out)
     assert sorted(p.name for p in out.parent.iterdir()) == ["copy.onnx"]
     assert load_model(out).graph.initializers["w"].const_value.numpy()[-1] == 4095
+
+
+@pytest.mark.slow
+def test_models_over_2gb_save_weights_externally(tmp_path: Path) -> None:
+    import onnx_ir as ir
+
+    big = np.zeros((600, 1024, 1024), dtype=np.float32)  # 2.4 GiB: over protobuf's 2 GiB limit
+    weight = ir.Value(name="w", shape=ir.Shape(big.shape), type=ir.TensorType(ir.DataType.FLOAT),
+                      const_value=ir.Tensor(big, name="w"))
+    x = ir.Value(name="x", shape=ir.Shape([1]), type=ir.TensorType(ir.DataType.FLOAT))
+    node = ir.Node("", "Add", [weight, x], num_outputs=1)
+    node.outputs[0].name = "y"
+    node.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+    node.outputs[0].shape = ir.Shape(big.shape)
+    graph = ir.Graph([x], node.outputs, nodes=[node], initializers=[weight], name="big")
+    graph.opset_imports[""] = 17
+    model = ir.Model(graph, ir_version=10)
+    files = save_model(model, tmp_path / "big.onnx")
+    assert [f.name for f in files] == ["big.onnx", "big.onnx.data"]
+    assert (tmp_path / "big.onnx").stat().st_size < 1 << 20
+    assert (tmp_path / "big.onnx.data").stat().st_size == big.nbytes
+    del big, model
+    reloaded = load_model(tmp_path / "big.onnx")
+    assert reloaded.graph.initializers["w"].const_value.shape == (600, 1024, 1024)
