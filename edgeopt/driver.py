@@ -38,7 +38,7 @@ from edgeopt.passes import (
 )
 from edgeopt.targets import get_emitter, get_target
 
-DEFAULT_PIPELINE = "cleanup,fuse-conv-bn,cleanup"
+DEFAULT_PIPELINE = "cleanup,fuse,cleanup"
 
 
 @dataclass

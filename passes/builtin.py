@@ -1,4 +1,20 @@
 """Imports every built-in pass module so their @register_pass decorators run."""
 
-from edgeopt.passes.cleanup import cleanup, dead_code, dedup, fold_constants, noop  # noqa: F401
-from edgeopt.passes.fusion import conv_bn  # noqa: F401
+from edgeopt.passes.cleanup import (  # noqa: F401
+    cleanup,
+    dead_code,
+    dedup,
+    fold_constants,
+    lift_constants,
+    noop,
+    rnn_states,
+    shapes,
+)
+from edgeopt.passes.fusion import (  # noqa: F401
+    conv_bn,
+    fuse,
+    rules_activation,
+    rules_conv,
+    rules_layout,
+    rules_linear,
+)

@@ -38,7 +38,7 @@ def test_list_values_keep_their_commas() -> None:
     ("cleanup,no-such-pass", "unknown pass 'no-such-pass'"),
     ("cleanp", "did you mean cleanup"),
     ("cleanup{max_iterations=2,colour=red}",
-     "pass 'cleanup': unknown option 'colour' (known: fold_size_limit, max_iterations)"),
+     "pass 'cleanup': unknown option 'colour' (known: fold_growth_ratio, fold_size_limit, max_iterations)"),
     ("cleanup{max_iterations=two}", "pass 'cleanup': option 'max_iterations=two': expected an integer"),
     ("cleanup{max_iterations}", "expected key=value"),
     ("cleanup{max_iterations=2", "missing '}'"),
