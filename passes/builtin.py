@@ -18,3 +18,4 @@ from edgeopt.passes.fusion import (  # noqa: F401
     rules_layout,
     rules_linear,
 )
+from edgeopt.passes.quant import fp16, int4, quantize  # noqa: F401

@@ -1,0 +1,199 @@
+"""The quantize pass end to end: digits CNN accuracy, mixed precision budget, maps, calibration data errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from edgeopt.ir import load_model
+from edgeopt.ir.errors import UserError
+from edgeopt.passes import PassContext, PassManager, instantiate, parse_pipeline
+from edgeopt.passes.quant import CalibrationDataError, register_calibration_loader, register_evaluator
+from edgeopt.passes.quant.calibration_data import GENERATED_WARNING
+from edgeopt.passes.quant.placement import RULE_SETS, candidate_layers, plan_qdq
+from edgeopt.passes.quant.statistics import collect_statistics
+from tests.test_quant_placement import residual_model
+from tools.bench.quant import digits_data, train_digits_cnn
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[np.ndarray, ...]]:
+    folder = tmp_path_factory.mktemp("digits")
+    return train_digits_cnn(folder / "digits.onnx", seconds=6.0), digits_data()
+
+
+def _run(model: ir.Model, pipeline: str, ctx: PassContext | None = None) -> tuple[ir.Model, PassContext, object]:
+    ctx = ctx or PassContext()
+    result = PassManager(instantiate(parse_pipeline(pipeline), ctx), [], ctx).run(model)
+    return result.model, ctx, result.records[-1]
+
+
+def _top1(model: ir.Model, x: np.ndarray, y: np.ndarray) -> float:
+    session = ort.InferenceSession(ir.serde.serialize_model(model).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    return float(np.mean(session.run(None, {"images": x})[0].argmax(-1) == y))
+
+
+def _npy_folder(folder: Path, x: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(len(x)):
+        np.save(folder / f"{i:03d}.npy", x[i])  # one CHW sample per file; the batch axis is added
+    return folder
+
+
+def test_digits_int8_drops_at_most_half_a_point(digits, tmp_path: Path) -> None:
+    path, (x_train, _, x_test, y_test) = digits
+    data = _npy_folder(tmp_path / "calib", x_train[:64])
+    model = load_model(path)
+    fp32_top1 = _top1(model, x_test, y_test)
+    assert fp32_top1 > 0.9  # the CNN really learned the digits
+    quantized, ctx, record = _run(model, f"cleanup,fuse-conv-bn,quantize{{data={data},gain=all,samples=64}}")
+    assert record.status == "applied" and record.counts["layers_int8"] == 5
+    assert sum(1 for n in quantized.graph if n.op_type == "QuantizeLinear") >= 5
+    drop = (fp32_top1 - _top1(quantized, x_test, y_test)) * 100
+    assert drop <= 0.5, f"top-1 drop {drop:.2f} points"
+    report = ctx.config["reports"]["quantize"]
+    assert report["calibration"] == {"source": str(data), "samples": 48, "generated": False,
+                                     "histogram_bytes": report["calibration"]["histogram_bytes"]}
+    assert report["accuracy"]["samples"] == 16 and report["accuracy"]["top1_agreement"] >= 0.9
+    json.dumps(report)  # the report can carry it
+
+
+def test_measured_gain_never_makes_the_model_slower(digits) -> None:
+    path, (x_train, *_rest) = digits
+    ctx = PassContext(calibration_data=lambda: ({"images": x_train[i:i + 1]} for i in range(16)))
+    _, ctx, record = _run(load_model(path), "fuse-conv-bn,quantize{samples=16,gain=measure}", ctx)
+    timing = ctx.config["reports"]["quantize"].get("measured_latency_s", {})
+    if record.counts.get("layers_int8"):
+        assert timing["chosen"] < timing["fp32"]
+    else:
+        assert record.status == "unchanged"
+
+
+def test_mixed_precision_respects_max_drop_and_reuses_its_map(digits, tmp_path: Path) -> None:
+    path, (x_train, *_rest) = digits
+    samples = [{"images": x_train[i:i + 1]} for i in range(40)]
+    map_file = tmp_path / "map.json"
+    ctx = PassContext(calibration_data=lambda: iter(samples))
+    _, ctx, record = _run(load_model(path), "fuse-conv-bn,quantize{precision=mixed,max_drop=0.002,gain=all,"
+                          f"method=minmax,save_precision_map={map_file}}}", ctx)
+    report = ctx.config["reports"]["quantize"]
+    assert len(report["sensitivity"]) == 5 and {"sqnr_db", "drop"} <= set(report["sensitivity"][0])
+    if record.counts.get("layers_int8"):
+        assert report["accuracy"]["drop"] <= 0.002
+    saved = json.loads(map_file.read_text())
+    assert saved == report["precision_map"]
+    ctx2 = PassContext(calibration_data=lambda: iter(samples))
+    _, ctx2, _ = _run(load_model(path), f"fuse-conv-bn,quantize{{gain=all,precision_map={map_file}}}", ctx2)
+    assert ctx2.config["reports"]["quantize"]["precision_map"] == saved
+
+
+def test_generated_data_is_flagged_loudly() -> None:
+    _, _, record = _run(residual_model(), "quantize{gain=all,samples=4}")
+    assert record.notes[0] == GENERATED_WARNING
+
+
+def test_plugin_loader_and_evaluator() -> None:
+    @register_calibration_loader("test-ones")
+    def ones(model: ir.Model):
+        return ({"x": np.full((1, 3, 8, 8), 0.5 * i, np.float32)} for i in range(6))
+
+    @register_evaluator("test-mean")
+    def mean_output(session: ort.InferenceSession) -> float:
+        return float(session.run(None, {"x": np.ones((1, 3, 8, 8), np.float32)})[0].mean())
+
+    _, ctx, record = _run(residual_model(), "quantize{data=plugin:test-ones,gain=all,evaluator=test-mean}")
+    report = ctx.config["reports"]["quantize"]
+    assert report["calibration"]["source"] == "plugin:test-ones" and record.status == "applied"
+    assert abs(report["evaluator"]["original"] - report["evaluator"]["quantized"]) < 0.5
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    ("missing", "calibration data {folder}/missing: no such folder"),
+    ("empty", "calibration data {folder}/empty: no .npy, .npz or image files in it"),
+    ("shape", "{folder}/shape/a.npy: input 'x' axis 2 is 5, the model wants 8"),
+    ("keys", "{folder}/keys/a.npz: no array for input 'x' (has: y, z)"),
+])
+def test_bad_calibration_folder_is_a_one_line_error(tmp_path: Path, setup: str, message: str) -> None:
+    target = tmp_path / setup
+    if setup != "missing":
+        target.mkdir()
+    if setup == "shape":
+        np.save(target / "a.npy", np.zeros((3, 5, 8), np.float32))
+    if setup == "keys":
+        np.savez(target / "a.npz", y=np.zeros(3), z=np.zeros(3))
+    with pytest.raises(CalibrationDataError) as error:
+        _run(residual_model(), f"quantize{{data={target}}}")
+    assert str(error.value) == message.format(folder=tmp_path)
+    assert "\n" not in str(error.value) and isinstance(error.value, UserError)
+
+
+def test_bad_options_and_maps_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="option 'method=kl'"):
+        instantiate(parse_pipeline("quantize{method=kl}"), PassContext())
+    with pytest.raises(UserError, match="activation_bits=16' is not supported by rules=tensorrt"):
+        _run(residual_model(), "quantize{rules=tensorrt,activation_bits=16,samples=2}")
+    bad = tmp_path / "map.json"
+    bad.write_text(json.dumps({"nope": "int8"}))
+    with pytest.raises(UserError, match="node 'nope' is not a quantizable layer"):
+        _run(residual_model(), f"quantize{{precision_map={bad},samples=2,gain=all}}")
+
+
+def test_streaming_calibration_memory_is_independent_of_sample_count() -> None:
+    model = residual_model()
+    rules = RULE_SETS["onnxruntime"]
+    tensors = plan_qdq(model, rules, [n.name for n in candidate_layers(model, rules)]).activations
+    rng = np.random.default_rng(0)
+
+    def samples(count: int):
+        return ({"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(count))
+
+    few, many = collect_statistics(model, tensors, samples(3)), collect_statistics(model, tensors, samples(300))
+    assert few.samples == 3 and many.samples == 300
+    assert few.nbytes == many.nbytes == len(tensors) * 8192 * 8
+    assert {name: h.counts.size for name, h in few.histograms.items()} == \
+        {name: h.counts.size for name, h in many.histograms.items()}
+
+
+def test_predicted_gain_without_measurement_follows_the_isa() -> None:
+    """A non-host target: placement follows the roofline, which knows AVX2 without VNNI."""
+
+    class Target:
+        name, kind, default_backend, detect = "avx2-box", "cpu", "onnxruntime", None
+        isa, precisions, bandwidth = ("avx2", "fma"), ("fp32", "int8"), 20e9
+
+        def peak(self, precision: str) -> float:
+            return 100e9
+
+    _, ctx, _ = _run(residual_model(), "quantize{samples=4}", PassContext(target=Target()))
+    report = ctx.config["reports"]["quantize"]
+    assert report["gain_source"] == "roofline"
+    assert set(report["precision_map"]) == {"conv1", "conv2", "add", "matmul"}
+
+
+def test_image_folder_needs_pillow_or_reads_images(tmp_path: Path) -> None:
+    import importlib.util
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "cat.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # a header is enough to be picked up
+    if importlib.util.find_spec("PIL") is not None:
+        pytest.skip("Pillow installed: the missing-Pillow message cannot be shown")
+    with pytest.raises(CalibrationDataError, match=r"cat\.png: reading images needs Pillow"):
+        _run(residual_model(), f"quantize{{data={folder}}}")
+
+
+def test_npz_samples_split_along_the_batch_axis(tmp_path: Path) -> None:
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    np.savez(folder / "batch.npz", x=rng.standard_normal((6, 3, 8, 8)).astype(np.float32))
+    _, ctx, record = _run(residual_model(), f"quantize{{data={folder},gain=all,holdout=0.5}}")
+    report = ctx.config["reports"]["quantize"]
+    assert report["calibration"]["samples"] == 3 and report["accuracy"]["samples"] == 3
+    assert record.status == "applied"

@@ -1,0 +1,111 @@
+"""Q/DQ placement per rule set on a small Conv/Relu/Add/MatMul graph, and the result in ONNX Runtime."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeopt.ir.reference import ReferenceExecutor, compare_outputs
+from edgeopt.passes.quant.calibrators import activation_params
+from edgeopt.passes.quant.placement import RULE_SETS, candidate_layers, plan_qdq
+from edgeopt.passes.quant.qdq import apply_plan
+from edgeopt.passes.quant.statistics import collect_statistics
+
+
+def residual_model() -> ir.Model:
+    """x -> Conv1 -> Relu (r1) -> Conv2 (c2); Add(c2, r1) -> Flatten -> MatMul -> y."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w1"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "b1"),
+        numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2, "w2"),
+        numpy_helper.from_array(rng.standard_normal((512, 10)).astype(np.float32) * 0.05, "fc"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r1"], ["a"], name="add"),
+        helper.make_node("Flatten", ["a"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "fc"], ["y"], name="matmul"),
+    ]
+    graph = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+EXPECTED = {
+    # ORT: inputs and outputs of every layer (Add included); Flatten's output shares the Add's scale.
+    "onnxruntime": {"x": "x", "r1": "r1", "c2": "c2", "a": "a", "f": "a"},
+    # TensorRT: only inputs of Conv/MatMul; the residual input of the Add (r1) is one of them already.
+    "tensorrt": {"x": "x", "r1": "r1", "f": "f"},
+    # OpenVINO: inputs of Conv/MatMul plus both inputs of an Add fed by a quantized layer.
+    "openvino": {"x": "x", "r1": "r1", "c2": "c2", "f": "f"},
+}
+
+
+@pytest.mark.parametrize("rules", sorted(EXPECTED))
+def test_placement_quantizes_the_expected_tensors(rules: str) -> None:
+    model = residual_model()
+    rule_set = RULE_SETS[rules]
+    layers = [n.name for n in candidate_layers(model, rule_set)]
+    assert set(layers) == ({"conv1", "conv2", "add", "matmul"} if rules == "onnxruntime"
+                           else {"conv1", "conv2", "matmul"})
+    plan = plan_qdq(model, rule_set, layers)
+    assert plan.activations == EXPECTED[rules]
+    assert sorted((w.node, w.axis) for w in plan.weights) == [("conv1", 0), ("conv2", 0), ("matmul", 1)]
+    assert plan.biases == [("conv1", 2)]
+
+
+@pytest.mark.parametrize("rules", sorted(EXPECTED))
+def test_quantized_model_runs_close_to_float(rules: str, tmp_path: Path) -> None:
+    model = residual_model()
+    rule_set = RULE_SETS[rules]
+    executor = ReferenceExecutor()
+    samples = [executor.generate_inputs(model, seed=i) for i in range(8)]
+    plan = plan_qdq(model, rule_set, [n.name for n in candidate_layers(model, rule_set)])
+    stats = collect_statistics(model, set(plan.activations.values()), samples)
+    quantized = model.clone()
+
+    def params(name: str):
+        r = stats.range(name, "minmax", rule_set.activation_symmetric)
+        return activation_params(r, 8, rule_set.activation_symmetric, rule_set.activation_signed)
+
+    counts = apply_plan(quantized, plan, params)
+    assert counts.activations == len(EXPECTED[rules]) and counts.weights == 3 and counts.biases == 1
+    ops = Counter(n.op_type for n in quantized.graph)
+    assert ops["QuantizeLinear"] == len(EXPECTED[rules])
+    # ORT: the Relu before a zero-point-0 uint8 Q is redundant and removed so QLinearConv can fuse.
+    assert ops["Relu"] == (0 if rules == "onnxruntime" else 1)
+    onnx.checker.check_model(ir.serde.serialize_model(quantized), full_check=True)
+    reference, result = executor.run(model, samples[0]), executor.run(quantized, samples[0])
+    assert compare_outputs(reference, result).cosine > 0.995
+    if rules == "onnxruntime":
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        ort.InferenceSession(ir.serde.serialize_model(quantized).SerializeToString(), options,
+                             providers=["CPUExecutionProvider"])
+        fused = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+        assert fused["QLinearConv"] == 2 and fused["QLinearAdd"] == 1, fused
+
+
+def test_int16_activations_use_the_contrib_domain_before_opset_21() -> None:
+    model = residual_model()
+    rule_set = RULE_SETS["onnxruntime"]
+    executor = ReferenceExecutor()
+    samples = [executor.generate_inputs(model, seed=i) for i in range(4)]
+    plan = plan_qdq(model, rule_set, ["conv1"])
+    stats = collect_statistics(model, set(plan.activations.values()), samples)
+    apply_plan(model, plan, lambda name: activation_params(stats.range(name, "minmax"), bits=16))
+    q_nodes = [n for n in model.graph if n.op_type == "QuantizeLinear"]
+    assert q_nodes and all(n.domain == "com.microsoft" for n in q_nodes)
+    result = executor.run(model, samples[0])
+    assert np.isfinite(result["y"]).all()
