@@ -161,7 +161,7 @@ def targets_command(plugin: PluginOption = None) -> None:
 
 # Commands that live in their own modules (edgeopt/cli_<name>.py) register on `app` when
 # imported; add a module here to add its commands.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("edgeopt.cli_cost",)
 for _module in COMMAND_MODULES:
     importlib.import_module(_module)
 

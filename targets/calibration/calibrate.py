@@ -1,0 +1,208 @@
+"""`edgeopt calibrate`: measure kernel micro-benchmarks on this machine and fit the cost model.
+
+1. time an empty-ish model: the per-run overhead every benchmark pays;
+2. time sampled kernels of every class and precision the backend runs (bench.py);
+   a benchmark's extra kernels (the Q at an int8 model's input, …) are subtracted
+   with the elementwise fit so each sample is one kernel's own time;
+3. adaptive sampling: re-sample next to the configurations the held-out predictor
+   gets most wrong, while the budget lasts (nn-Meter, MobiSys 2021);
+4. pick factors / Ridge / GradientBoosting by held-out error;
+5. time a few random composition networks to fit run overhead and per-kernel dispatch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgeopt.ir.costs import concrete_shapes
+from edgeopt.ir.shapes import infer_shapes
+from edgeopt.targets.calibration import bench
+from edgeopt.targets.calibration.fit import (
+    choose_method,
+    fit_composition,
+    fit_factors,
+    fit_predictor,
+    heldout_errors,
+    lines_for,
+)
+from edgeopt.targets.calibration.networks import networks
+from edgeopt.targets.calibration.runners import Runner, make_runner
+from edgeopt.targets.calibration.store import Calibration, host_fingerprint
+from edgeopt.targets.catalog import Target
+from edgeopt.targets.cost.features import KernelSample
+from edgeopt.targets.cost.kernels import Kernel, group_kernels, layout_boundary_bytes
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+# Initial samples per (family, precision) for the default run; --quick takes about a tenth.
+PLAN: dict[tuple[str, str], int] = {
+    ("elementwise", "fp32"): 40, ("conv", "fp32"): 70, ("depthwise", "fp32"): 35, ("gemm", "fp32"): 45,
+    ("pooling", "fp32"): 15, ("normalization", "fp32"): 15, ("softmax", "fp32"): 10, ("data", "fp32"): 20,
+    ("recurrent", "fp32"): 8, ("conv", "int8"): 30, ("depthwise", "int8"): 12, ("gemm", "int8"): 15,
+    ("elementwise", "int8"): 8, ("pooling", "int8"): 5, ("conv", "fp16"): 12, ("depthwise", "fp16"): 6,
+    ("gemm", "fp16"): 8, ("elementwise", "fp16"): 6,
+}
+
+
+@dataclass
+class Settings:
+    budget_s: float = 480.0
+    quick: bool = False
+    threads: int | None = 2
+    seed: int = 0
+    statistic: str = "median"
+
+    @property
+    def repeat_budget_s(self) -> float:
+        return 0.03 if self.quick else 0.2
+
+    @property
+    def composition_count(self) -> int:
+        return 3 if self.quick else 12
+
+
+def _model_kernels(proto: onnx.ModelProto, backend: str) -> tuple[list[Kernel], int]:
+    """The backend's kernels of ``proto`` and the bytes its layout conversions move."""
+    model = ir.serde.deserialize_model(proto)
+    shapes = concrete_shapes(model, infer_shapes(model))
+    kernels = group_kernels(model, shapes, backend)
+    return kernels, layout_boundary_bytes(kernels, shapes, backend)
+
+
+def _precisions(target: Target, backend: str) -> set[str]:
+    wanted = {"fp32"}
+    if "int8" in target.precisions:
+        wanted.add("int8")
+    if "fp16" in target.precisions or backend == "onnxruntime":
+        wanted.add("fp16")  # ORT runs fp16 graphs on any CPU (with casts where it lacks kernels)
+    return wanted
+
+
+class Calibrator:
+    def __init__(self, target: Target, backend: str, settings: Settings, progress: Progress | None = None,
+                 runner: Runner | None = None) -> None:
+        self.target = target
+        self.backend = backend
+        self.settings = settings
+        self.progress = progress or (lambda *_: None)
+        self.device_kind = "gpu" if target.kind == "gpu" or backend == "tensorrt" else "cpu"
+        self.runner = runner or make_runner(backend, self.device_kind, settings.threads, settings.repeat_budget_s,
+                                            settings.statistic)
+        self.samples: list[KernelSample] = []
+        self.specs: list[bench.Spec] = []
+        self.overhead_s = 0.0
+        self.helper = None  # elementwise predictor used to subtract a benchmark's extra kernels
+        self.failed = 0
+
+    def _measure(self, spec: bench.Spec, seed: int) -> None:
+        try:
+            proto, feeds = bench.build(spec, seed)
+            kernels, _ = _model_kernels(proto, self.backend)
+            if hasattr(self.runner, "kernel_time"):
+                seconds = self.runner.kernel_time(proto, feeds)
+            else:
+                seconds = self.runner.time(proto, feeds) - self.overhead_s
+        except Exception:  # a shape the backend rejects is skipped, not fatal (counted in the report)
+            self.failed += 1
+            return
+        if not kernels or seconds <= 0:
+            return
+        work = [k for k in kernels if k.kind not in ("free", "shape")]
+        main = max(work or kernels, key=lambda k: (k.kind != "elementwise" or spec.family == "elementwise",
+                                                   k.flops, k.bytes))
+        others = [k for k in kernels if k is not main]
+        extra = 0.0
+        if others and self.helper is not None:
+            extra_samples = [KernelSample.of(k) for k in others]
+            extra = sum(self.helper.predict(extra_samples, lines_for(extra_samples, self.target)))
+        sample = KernelSample.of(main)
+        sample.seconds = max(seconds - extra, 0.3 * seconds)
+        sample.label = spec.describe()
+        self.samples.append(sample)
+        self.specs.append(spec)
+
+    def run(self) -> Calibration:
+        began = time.perf_counter()
+        s = self.settings
+        deadline = began + s.budget_s
+        rng = np.random.default_rng(s.seed)
+        tiny = bench.Spec("elementwise", {"op": "Add", "shape": [1, 1]})
+        proto, feeds = bench.build(tiny)
+        self.overhead_s = min(self.runner.time(proto, feeds) for _ in range(3))
+
+        precisions = _precisions(self.target, self.backend)
+        scale = 0.1 if s.quick else 1.0
+        plan = [(fam, prec, max(1 if s.quick else 3, round(n * scale))) for (fam, prec), n in PLAN.items()
+                if prec in precisions and (not s.quick or fam != "recurrent")]
+        total = sum(n for *_, n in plan)
+        reserve = 0.12 * s.budget_s  # for the adaptive rounds and composition networks
+        done = 0
+        for family, precision, count in plan:
+            for _ in range(count):
+                if time.perf_counter() > deadline - reserve and done > 10:
+                    break
+                self._measure(bench.sample(family, rng, precision), seed=done)
+                done += 1
+                self.progress(f"kernels: {family} {precision}", done, total)
+            if family == "elementwise" and precision == "fp32" and self.samples:
+                self.helper = fit_predictor(self.samples, self.target, self.device_kind, "factors")
+
+        method = "factors" if s.quick else choose_method(self.samples, self.target, self.device_kind)[0]
+        rounds = 1 if s.quick else 4
+        for round_ in range(rounds):
+            if time.perf_counter() > deadline - 0.6 * reserve:
+                break
+            errors = heldout_errors(self.samples, self.target, self.device_kind, (method,))[method]
+            worst = np.argsort(-np.abs(errors))[: max(4, len(errors) // (10 if s.quick else 8))]
+            for j, index in enumerate(worst):
+                if time.perf_counter() > deadline - 0.6 * reserve:
+                    break
+                self._measure(bench.neighbor(self.specs[index], rng), seed=10_000 + round_ * 1000 + j)
+                self.progress(f"adaptive sampling, round {round_ + 1}", j + 1, len(worst))
+        method, scores = choose_method(self.samples, self.target, self.device_kind)
+        lines = lines_for(self.samples, self.target)
+        factors = fit_factors(self.samples, lines, self.device_kind)
+        predictor = fit_predictor(self.samples, self.target, self.device_kind, method, factors)
+
+        rows = []
+        nets = networks(s.composition_count, s.seed)
+        for i, (_name, proto, feeds) in enumerate(nets):
+            kernels, layout_bytes = _model_kernels(proto, self.backend)
+            kernel_samples = [KernelSample.of(k) for k in kernels]
+            isolated = sum(predictor.predict(kernel_samples, lines_for(kernel_samples, self.target)))
+            dispatching = sum(1 for k in kernels if k.kind != "free")
+            rows.append((isolated, dispatching, self.runner.time(proto, feeds), float(layout_bytes)))
+            self.progress("composition networks", i + 1, len(nets))
+        composition = fit_composition(rows, self.overhead_s)
+        wall = time.perf_counter() - began
+        return Calibration(
+            target=self.target.name, backend=self.backend,
+            fingerprint=host_fingerprint(),  # the machine that measured (a Jetson running calibrate itself)
+            method=method, factors=factors, composition=composition, samples=self.samples,
+            device_kind=self.device_kind, threads=s.threads, runtime=self.runner.runtime(),
+            validation={"heldout": scores, "samples": len(self.samples), "failed": self.failed,
+                        "run_overhead_measured_s": self.overhead_s, "quick": s.quick,
+                        "statistic": s.statistic,
+                        "composition_rows": [list(r) for r in rows]},
+            created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), wall_s=wall,
+            device=self.target.description)
+
+
+def calibrate(target: Target, backend: str | None = None, *, budget_s: float | None = None, quick: bool = False,
+              threads: int | None = 2, seed: int = 0, progress: Progress | None = None,
+              save: bool = True, statistic: str = "median") -> Calibration:
+    """Measure this machine for ``target`` on ``backend`` and (by default) save the calibration file."""
+    backend = backend or target.default_backend
+    settings = Settings(budget_s=budget_s if budget_s is not None else (30.0 if quick else 480.0), quick=quick,
+                        threads=threads, seed=seed, statistic=statistic)
+    calibration = Calibrator(target, backend, settings, progress).run()
+    if save:
+        calibration.save()
+    return calibration

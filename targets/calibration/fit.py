@@ -1,0 +1,195 @@
+"""Fitting measured kernel times: per-class roofline factors, optionally plus a regressor.
+
+Three predictors are fitted on the same samples and the one with the lowest error
+on held-out samples (k-fold) wins:
+
+- ``factors``: per (class, precision) compute efficiency, memory efficiency and
+  overhead, fitted by least squares on log time (scipy.optimize.least_squares);
+- ``ridge`` / ``gbr``: the factors plus a correction exp(g(features)) where g is a
+  scikit-learn Ridge or GradientBoostingRegressor on roofline and shape features
+  (the residual form keeps extrapolation to larger kernels on the roofline).
+
+Calibration files store the samples, not pickled estimators (an imported file is
+untrusted data); the regressor is refitted, deterministically, when a file is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from edgeopt.targets.catalog import Target
+from edgeopt.targets.cost.features import KernelSample, feature_vector
+from edgeopt.targets.cost.roofline import (
+    Roofline,
+    default_factors,
+    effective_bandwidth,
+    effective_peak,
+    factor_time,
+    roofline,
+)
+
+METHODS = ("factors", "ridge", "gbr")
+MIN_SAMPLES_PER_GROUP = 4
+
+
+def lines_for(samples: Sequence[KernelSample], target: Target) -> list[Roofline]:
+    bandwidth = effective_bandwidth(target)
+    return [roofline(s.flops, s.activation_bytes + s.weight_bytes, effective_peak(target, s.precision), bandwidth)
+            for s in samples]
+
+
+def fit_factors(samples: Sequence[KernelSample], lines: Sequence[Roofline], device_kind: str
+                ) -> dict[str, list[float]]:
+    """(compute eff, memory eff, overhead) per 'class/precision' and per 'class' (pooled)."""
+    from scipy.optimize import least_squares
+
+    groups: dict[str, list[int]] = {}
+    for i, sample in enumerate(samples):
+        groups.setdefault(f"{sample.kind}/{sample.precision}", []).append(i)
+        groups.setdefault(sample.kind, []).append(i)
+    factors: dict[str, list[float]] = {}
+    for key, index in groups.items():
+        if len(index) < MIN_SAMPLES_PER_GROUP:
+            continue
+        kind = key.split("/")[0]
+        ec0, em0, o0 = default_factors(kind, device_kind)
+        measured = np.array([samples[i].seconds for i in index], dtype=np.float64)
+        comp = np.array([lines[i].compute_s for i in index])
+        mem = np.array([lines[i].memory_s for i in index])
+
+        def residual(p: np.ndarray, comp: np.ndarray = comp, mem: np.ndarray = mem,
+                     measured: np.ndarray = measured) -> np.ndarray:
+            ec, em, o = np.exp(p)
+            pred = np.maximum(comp / ec, mem / em) + o
+            return np.log(pred) - np.log(measured)
+
+        start = np.log([ec0, em0, max(o0, 1e-7)])
+        fit = least_squares(residual, start, bounds=(np.log([1e-4, 1e-4, 1e-8]), np.log([2.0, 4.0, 5e-3])),
+                            loss="soft_l1", f_scale=0.1)
+        factors[key] = [float(v) for v in np.exp(fit.x)]
+    return factors
+
+
+def factor_predict(samples: Sequence[KernelSample], lines: Sequence[Roofline], factors: dict[str, list[float]],
+                   device_kind: str) -> np.ndarray:
+    out = []
+    for sample, line in zip(samples, lines, strict=True):
+        params = factors.get(f"{sample.kind}/{sample.precision}") or factors.get(sample.kind) or \
+            list(default_factors(sample.kind, device_kind))
+        out.append(factor_time(line, *params))
+    return np.asarray(out, dtype=np.float64)
+
+
+def _regressor(method: str):
+    from sklearn.ensemble import GradientBoostingRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if method == "ridge":
+        return make_pipeline(StandardScaler(), Ridge(alpha=1.0))
+    return GradientBoostingRegressor(n_estimators=200, max_depth=3, learning_rate=0.05, subsample=0.8,
+                                     min_samples_leaf=3, random_state=0, loss="huber")
+
+
+class Predictor:
+    """Kernel seconds from roofline, fitted factors and (optionally) a residual regressor."""
+
+    def __init__(self, method: str, factors: dict[str, list[float]], device_kind: str,
+                 regressor: object | None = None) -> None:
+        self.method = method
+        self.factors = factors
+        self.device_kind = device_kind
+        self.regressor = regressor
+
+    def predict(self, samples: Sequence[KernelSample], lines: Sequence[Roofline]) -> list[float]:
+        if not samples:
+            return []
+        base = factor_predict(samples, lines, self.factors, self.device_kind)
+        if self.regressor is not None:
+            features = np.stack([feature_vector(s, ln.compute_s, ln.memory_s) for s, ln in zip(samples, lines,
+                                                                                                 strict=True)])
+            # Free / shape kernels are pure dispatch: the regressor saw few and need not touch them.
+            correction = np.exp(np.clip(self.regressor.predict(features), -3.0, 3.0))
+            dispatch = np.array([s.kind in ("free", "shape") for s in samples])
+            base = np.where(dispatch, base, base * correction)
+        return [float(v) for v in base]
+
+
+def fit_predictor(samples: Sequence[KernelSample], target: Target, device_kind: str, method: str,
+                  factors: dict[str, list[float]] | None = None) -> Predictor:
+    lines = lines_for(samples, target)
+    factors = factors if factors is not None else fit_factors(samples, lines, device_kind)
+    if method == "factors" or len(samples) < 10:
+        return Predictor("factors", factors, device_kind)
+    base = factor_predict(samples, lines, factors, device_kind)
+    measured = np.array([s.seconds for s in samples], dtype=np.float64)
+    features = np.stack([feature_vector(s, ln.compute_s, ln.memory_s) for s, ln in zip(samples, lines, strict=True)])
+    model = _regressor(method)
+    model.fit(features, np.log(measured) - np.log(base))
+    return Predictor(method, factors, device_kind, model)
+
+
+def heldout_errors(samples: Sequence[KernelSample], target: Target, device_kind: str,
+                   methods: Sequence[str] = METHODS, folds: int = 5) -> dict[str, np.ndarray]:
+    """Per method, the relative error (pred/measured - 1) of each sample from a fit that never saw it.
+
+    The factors of a fold are fitted once and shared by the methods (they all start from them).
+    """
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(samples))
+    errors = {method: np.zeros(len(samples)) for method in methods}
+    for fold in range(folds):
+        test = order[fold::folds]
+        held = set(test.tolist())
+        train = [samples[i] for i in range(len(samples)) if i not in held]
+        if not train or len(test) == 0:
+            continue
+        factors = fit_factors(train, lines_for(train, target), device_kind)
+        tests = [samples[i] for i in test]
+        measured = np.array([s.seconds for s in tests])
+        for method in methods:
+            predictor = fit_predictor(train, target, device_kind, method, factors)
+            errors[method][test] = np.array(predictor.predict(tests, lines_for(tests, target))) / measured - 1.0
+    return errors
+
+
+def choose_method(samples: Sequence[KernelSample], target: Target, device_kind: str
+                  ) -> tuple[str, dict[str, dict[str, float]]]:
+    """The method with the lowest mean |log error| on held-out folds, and every method's scores."""
+    scores: dict[str, dict[str, float]] = {}
+    for method, errors in heldout_errors(samples, target, device_kind).items():
+        scores[method] = {"mean_abs_log_error": float(np.mean(np.abs(np.log1p(errors)))),
+                          "within_10pct": float(np.mean(np.abs(errors) <= 0.10)),
+                          "mape": float(np.mean(np.abs(errors)))}
+    best = min(scores, key=lambda m: scores[m]["mean_abs_log_error"])
+    return best, scores
+
+
+def fit_composition(rows: Sequence[tuple[float, int, float, float]], run_overhead_s: float) -> dict[str, float]:
+    """Model time = run overhead + scale x sum(kernel times) + dispatch x kernels + layout x bytes.
+
+    ``rows`` are (sum of predicted isolated kernel seconds, dispatching kernels, measured
+    seconds, layout-conversion bytes) of whole synthetic networks. The run overhead is the
+    measured time of an empty model (fitting it too lets a few noisy networks push it to
+    milliseconds); the rest is fitted by non-negative least squares on relative error so
+    small and large networks weigh alike.
+    """
+    from scipy.optimize import nnls
+
+    fallback = {"run_overhead_s": run_overhead_s, "scale": 1.0, "per_kernel_s": 0.0, "layout_s_per_byte": 0.0}
+    if len(rows) < 2:
+        return fallback
+    a = np.array([[s, n, b] for s, n, _, b in rows], dtype=np.float64)
+    y = np.array([m - run_overhead_s for _, _, m, _ in rows])
+    w = 1.0 / np.array([m for _, _, m, _ in rows])
+    norm = np.maximum(np.abs(a).max(0), 1e-30)  # columns differ by 1e9 (seconds vs bytes)
+    coef, _ = nnls(a * w[:, None] / norm, y * w)
+    scale, per_kernel, per_byte = (float(c) for c in coef / norm)
+    if not math.isfinite(scale) or scale <= 0.05:
+        return fallback
+    return {"run_overhead_s": run_overhead_s, "scale": scale, "per_kernel_s": per_kernel,
+            "layout_s_per_byte": per_byte}

@@ -1,0 +1,102 @@
+"""Composition networks: small random CNNs and MLP/attention stacks built with onnx.helper.
+
+They are not zoo models; they only teach the calibration how isolated kernel times add
+up inside one session (run overhead, dispatch per kernel, layouts kept between convs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+
+from edgeopt.targets.calibration.bench import _Builder
+
+
+def _conv(b: _Builder, x: str, cin: int, cout: int, k: int, stride: int, groups: int = 1,
+          act: str | None = "Relu") -> str:
+    w = b.weight((cout, cin // groups, k, k))
+    y = b.node("Conv", [x, w, b.const(np.zeros(cout, np.float32), "b")], kernel_shape=[k, k],
+               strides=[stride, stride], pads=[k // 2] * 4, group=groups)
+    scale = b.const(np.ones(cout, np.float32)), b.const(np.zeros(cout, np.float32))
+    y = b.node("BatchNormalization", [y, scale[0], scale[1], b.const(np.zeros(cout, np.float32)),
+                                      b.const(np.ones(cout, np.float32))])
+    if act == "Relu":
+        y = b.node("Relu", [y])
+    elif act == "Clip":
+        y = b.node("Clip", [y, b.const(np.array(0.0, np.float32)), b.const(np.array(6.0, np.float32))])
+    elif act == "SiLU":
+        y = b.node("Mul", [y, b.node("Sigmoid", [y])])
+    return y
+
+
+def cnn(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    b = _Builder("fp32", int(rng.integers(1 << 30)))
+    res = int(rng.choice([96, 128, 160, 224]))
+    width = int(rng.choice([16, 24, 32, 48]))
+    x = b.input((1, 3, res, res))
+    y = _conv(b, x, 3, width, 3, 2)
+    c = width
+    for stage in range(int(rng.integers(2, 5))):
+        cout = c * 2 if stage else c
+        style = str(rng.choice(["plain", "residual", "inverted"]))
+        y = _conv(b, y, c, cout, 3, 2 if stage else 1)
+        c = cout
+        for _ in range(int(rng.integers(1, 3))):
+            if style == "residual":
+                z = _conv(b, y, c, c, 3, 1)
+                z = _conv(b, z, c, c, 3, 1, act=None)
+                y = b.node("Relu", [b.node("Add", [y, z])])
+            elif style == "inverted":
+                e = c * int(rng.choice([2, 4]))
+                z = _conv(b, y, c, e, 1, 1, act="Clip")
+                z = _conv(b, z, e, e, 3, 1, groups=e, act=str(rng.choice(["Clip", "SiLU"])))
+                z = _conv(b, z, e, c, 1, 1, act=None)
+                y = b.node("Add", [y, z])
+            else:
+                y = _conv(b, y, c, c, int(rng.choice([1, 3])), 1)
+    if rng.random() < 0.5:
+        y = b.node("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    y = b.node("GlobalAveragePool", [y])
+    y = b.node("Flatten", [y])
+    y = b.node("Gemm", [y, b.const(rng.standard_normal((100, c)).astype(np.float32) * 0.05),
+                        b.const(np.zeros(100, np.float32))], transB=1)
+    return b.model([y]), b.feeds
+
+
+def mlp(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    b = _Builder("fp32", int(rng.integers(1 << 30)))
+    s = int(rng.choice([16, 64, 128, 197]))
+    d = int(rng.choice([128, 192, 256]))
+    heads = d // 64
+    x = b.input((1, s, d))
+    for _ in range(int(rng.integers(1, 4))):
+        ln = b.node("LayerNormalization", [x, b.const(np.ones(d, np.float32)), b.const(np.zeros(d, np.float32))],
+                    axis=-1)
+        qkv = [b.node("Add", [b.node("MatMul", [ln, b.weight((d, d), axis=1)]), b.const(np.zeros(d, np.float32))])
+               for _ in range(3)]
+        shape = b.const_int(np.array([1, s, heads, 64], np.int64))
+        q, k, v = (b.node("Transpose", [b.node("Reshape", [t, shape])], perm=[0, 2, 1, 3]) for t in qkv)
+        kt = b.node("Transpose", [k], perm=[0, 1, 3, 2])
+        att = b.node("Softmax", [b.node("Div", [b.node("MatMul", [q, kt]), b.const(np.array(8.0, np.float32))])],
+                     axis=-1)
+        o = b.node("Transpose", [b.node("MatMul", [att, v])], perm=[0, 2, 1, 3])
+        o = b.node("Reshape", [o, b.const_int(np.array([1, s, d], np.int64))])
+        x = b.node("Add", [x, b.node("MatMul", [o, b.weight((d, d), axis=1)])])
+        h = b.node("Add", [b.node("MatMul", [x, b.weight((d, 4 * d), axis=1)]), b.const(np.zeros(4 * d, np.float32))])
+        g = b.node("Mul", [b.node("Mul", [h, b.node("Add", [b.node("Erf", [b.node(
+            "Div", [h, b.const(np.array(math.sqrt(2), np.float32))])]), b.const(np.array(1.0, np.float32))])]),
+            b.const(np.array(0.5, np.float32))])
+        x = b.node("Add", [x, b.node("MatMul", [g, b.weight((4 * d, d), axis=1)])])
+    return b.model([x]), b.feeds
+
+
+def networks(count: int, seed: int = 0) -> list[tuple[str, onnx.ModelProto, dict[str, np.ndarray]]]:
+    rng = np.random.default_rng(seed + 7)
+    out = []
+    for i in range(count):
+        kind = "cnn" if i % 3 != 2 else "mlp"
+        model, feeds = (cnn if kind == "cnn" else mlp)(rng)
+        out.append((f"{kind}-{i}", model, feeds))
+    return out

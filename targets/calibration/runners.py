@@ -1,0 +1,236 @@
+"""Timing models on a backend: warm-up, repeats, median; one runner per backend.
+
+Runners time whole (tiny) models end to end with the session options the product
+uses (ONNX Runtime: ORT_ENABLE_ALL; OpenVINO: the LATENCY hint) and a fixed thread
+count, so calibration and ``estimate --compare`` measure the same thing. GPU runners
+(ORT CUDA / TensorRT execution providers) are guarded: without the runtime or a GPU
+they fail with one line before any work.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgeopt.ir.errors import TargetError
+
+
+class Runner:
+    backend = ""
+    device = "cpu"
+
+    def __init__(self, threads: int | None = 2, budget_s: float = 0.25, max_repeats: int = 200,
+                 statistic: str = "median") -> None:
+        self.threads = threads
+        self.budget_s = budget_s
+        self.max_repeats = max_repeats
+        # "median", or "p25" (lower quartile) on a shared machine where preemption inflates the median.
+        self.statistic = statistic
+
+    def reduce(self, times: list[float]) -> float:
+        return float(np.percentile(times, 25) if self.statistic == "p25" else np.median(times))
+
+    def prepare(self, model: onnx.ModelProto | Path):  # returns a callable that runs once
+        raise NotImplementedError
+
+    def runtime(self) -> dict[str, str]:
+        return {}
+
+    def time(self, model: onnx.ModelProto | Path, feeds: Mapping[str, np.ndarray]) -> float:
+        """Median seconds of one run after warm-up, repeated within the time budget."""
+        run = self.prepare(model)
+        feeds = dict(feeds)
+        warm_until = time.perf_counter() + min(0.05, self.budget_s / 4)
+        run(feeds)
+        while time.perf_counter() < warm_until:
+            run(feeds)
+        times: list[float] = []
+        deadline = time.perf_counter() + self.budget_s
+        while len(times) < 5 or (time.perf_counter() < deadline and len(times) < self.max_repeats):
+            began = time.perf_counter()
+            run(feeds)
+            times.append(time.perf_counter() - began)
+        return self.reduce(times)
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+    def __init__(self, threads: int | None = 2, budget_s: float = 0.25, max_repeats: int = 200,
+                 statistic: str = "median") -> None:
+        import onnxruntime as ort
+
+        super().__init__(threads, budget_s, max_repeats, statistic)
+        missing = [p for p in self.providers if p not in ort.get_available_providers()]
+        if missing:
+            raise TargetError(f"backend '{self.backend}' on {self.device}: onnxruntime has no {missing[0]} here "
+                              "(install onnxruntime-gpu on a machine with an NVIDIA GPU, or calibrate on the "
+                              "device and `edgeopt calibrate --import` the file)")
+
+    def session(self, model: onnx.ModelProto | Path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+        source = str(model) if isinstance(model, Path) else model.SerializeToString()
+        return ort.InferenceSession(source, options, providers=list(self.providers))
+
+    def prepare(self, model: onnx.ModelProto | Path):
+        session = self.session(model)
+        names = [o.name for o in session.get_outputs()]
+        allowed = {i.name for i in session.get_inputs()}
+        return lambda feeds: session.run(names, {k: v for k, v in feeds.items() if k in allowed})
+
+    def runtime(self) -> dict[str, str]:
+        import onnxruntime as ort
+
+        return {"onnxruntime": ort.__version__}
+
+    def kernel_time(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float:
+        """Median per-run sum of ORT's own node timings, layout reorders excluded.
+
+        A one-kernel model timed end to end also pays the run overhead, copying its output
+        into a fresh numpy array and the NCHW <-> NCHWc reorders around the kernel; inside a
+        real model those happen once, not per kernel. ORT's profiler times each node's
+        Compute() call, which is what the kernel costs inside a model.
+        """
+        import json
+
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory(prefix="edgeopt-prof-") as folder:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.log_severity_level = 3
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(folder) / "p")
+            if self.threads:
+                options.intra_op_num_threads = self.threads
+                options.inter_op_num_threads = 1
+            session = ort.InferenceSession(model.SerializeToString(), options, providers=list(self.providers))
+            names = [o.name for o in session.get_outputs()]
+            allowed = {i.name for i in session.get_inputs()}
+            feeds = {k: v for k, v in feeds.items() if k in allowed}
+            warmup = 3
+            for _ in range(warmup):
+                session.run(names, feeds)
+            runs = 0
+            deadline = time.perf_counter() + self.budget_s
+            while runs < 5 or (time.perf_counter() < deadline and runs < self.max_repeats):
+                session.run(names, feeds)
+                runs += 1
+            events = json.loads(Path(session.end_profiling()).read_text())
+        spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                       if e.get("cat") == "Session" and e.get("name") == "model_run")[warmup:]
+        totals = [0.0] * len(spans)
+        starts = [a for a, _ in spans]
+        import bisect
+
+        for e in events:
+            if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+                continue
+            op = str(e.get("args", {}).get("op_name", ""))
+            if op.startswith("Reorder") or (op == "Cast" and "InsertedPrecisionFreeCast" in e["name"]):
+                continue  # layout and precision conversions ORT adds around a lone kernel
+            i = bisect.bisect_right(starts, e["ts"]) - 1
+            if 0 <= i < len(spans) and e["ts"] <= spans[i][1]:
+                totals[i] += e["dur"] * 1e-6
+        return self.reduce(totals) if totals else 0.0
+
+
+class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):
+    device = "gpu"
+    providers = ("CUDAExecutionProvider",)
+
+
+class TensorRTRunner(OnnxRuntimeRunner):
+    backend = "tensorrt"
+    device = "gpu"
+    providers = ("TensorrtExecutionProvider",)
+
+
+_OV_LAYOUT = {"Reorder", "Parameter", "Result"}
+
+
+class OpenVinoRunner(Runner):
+    backend = "openvino"
+
+    def __init__(self, threads: int | None = 2, budget_s: float = 0.25, max_repeats: int = 200,
+                 statistic: str = "median", device: str = "CPU") -> None:
+        super().__init__(threads, budget_s, max_repeats, statistic)
+        try:
+            import openvino as ov
+        except ImportError:
+            raise TargetError("backend 'openvino': the openvino package is not installed "
+                              "(pip install 'edgeopt[openvino]')") from None
+        self.core = ov.Core()
+        if device not in self.core.available_devices:
+            raise TargetError(f"backend 'openvino': device {device} not available "
+                              f"(found: {', '.join(self.core.available_devices)})")
+        self.ov_device = device
+
+    def prepare(self, model: onnx.ModelProto | Path):
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        if isinstance(model, Path):
+            compiled = self.core.compile_model(str(model), self.ov_device, config)
+        else:
+            with tempfile.TemporaryDirectory(prefix="edgeopt-ov-") as folder:
+                path = Path(folder) / "model.onnx"
+                onnx.save(model, str(path))
+                compiled = self.core.compile_model(str(path), self.ov_device, config)
+        request = compiled.create_infer_request()
+        names = {p.get_any_name() for p in compiled.inputs}
+        return lambda feeds: request.infer({k: v for k, v in feeds.items() if k in names})
+
+    def kernel_time(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float:
+        """Median per-run sum of OpenVINO's per-node timings (PERF_COUNT), layout reorders excluded."""
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        with tempfile.TemporaryDirectory(prefix="edgeopt-ov-") as folder:
+            path = Path(folder) / "model.onnx"
+            onnx.save(model, str(path))
+            compiled = self.core.compile_model(str(path), self.ov_device, config)
+        request = compiled.create_infer_request()
+        names = {p.get_any_name() for p in compiled.inputs}
+        feeds = {k: v for k, v in feeds.items() if k in names}
+        for _ in range(3):
+            request.infer(feeds)
+        totals: list[float] = []
+        deadline = time.perf_counter() + self.budget_s
+        while len(totals) < 5 or (time.perf_counter() < deadline and len(totals) < self.max_repeats):
+            request.infer(feeds)
+            totals.append(sum(p.real_time.total_seconds() for p in request.profiling_info
+                              if str(p.status).endswith("EXECUTED") and p.node_type not in _OV_LAYOUT))
+        return self.reduce(totals)
+
+    def runtime(self) -> dict[str, str]:
+        import openvino as ov
+
+        return {"openvino": ov.__version__}
+
+
+def make_runner(backend: str, device_kind: str, threads: int | None = 2, budget_s: float = 0.25,
+                statistic: str = "median") -> Runner:
+    """The runner for ``backend`` on this machine, or a one-line TargetError saying why there is none."""
+    if backend == "onnxruntime":
+        cls = OnnxRuntimeCudaRunner if device_kind == "gpu" else OnnxRuntimeRunner
+        return cls(threads, budget_s, statistic=statistic)
+    if backend == "tensorrt":
+        return TensorRTRunner(threads, budget_s, statistic=statistic)
+    if backend == "openvino":
+        return OpenVinoRunner(threads, budget_s, statistic=statistic)
+    raise TargetError(f"calibrate: no timing runner for backend '{backend}' yet "
+                      "(supported: onnxruntime, openvino, tensorrt)")

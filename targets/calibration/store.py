@@ -1,0 +1,214 @@
+"""Calibration files: where they live, what they hold, loading, validation and import.
+
+A calibration is JSON in ``~/.cache/edgeopt/calibration/<target>-<backend>-<fingerprint>.json``
+(``$EDGEOPT_CACHE_DIR/calibration/`` when that variable is set). ``fingerprint``
+identifies the machine that measured it (edgeopt.targets.host.fingerprint): a
+host-cpu calibration is used only on the machine that made it; a calibration of a
+device target (a Jetson that ran ``edgeopt calibrate`` itself) is used wherever it
+was imported.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeopt.ir.errors import TargetError, UserError
+from edgeopt.targets.catalog import BACKENDS, Target
+from edgeopt.targets.cost.features import KernelSample
+from edgeopt.targets.cost.kernels import CLASSES, PRECISIONS
+
+SCHEMA = "edgeopt-calibration/1"
+
+
+class CalibrationError(UserError):
+    """A calibration file that is missing, malformed or made for another target."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EDGEOPT_CACHE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "edgeopt"
+    return base / "calibration"
+
+
+def host_fingerprint() -> str:
+    from edgeopt.targets.host import fingerprint
+
+    return fingerprint()[:16]
+
+
+def calibration_path(target: str, backend: str, fingerprint: str) -> Path:
+    return cache_dir() / f"{target}-{backend}-{fingerprint}.json"
+
+
+@dataclass
+class Calibration:
+    target: str
+    backend: str
+    fingerprint: str
+    method: str
+    factors: dict[str, list[float]]
+    composition: dict[str, float]
+    samples: list[KernelSample] = field(default_factory=list)
+    device_kind: str = "cpu"
+    threads: int | None = None
+    runtime: dict[str, str] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    wall_s: float = 0.0
+    device: str = ""
+    path: Path | None = None
+
+    def predictor(self, target: Target):
+        return _predictor(self, target)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "target": self.target, "backend": self.backend,
+                "fingerprint": self.fingerprint, "device": self.device, "device_kind": self.device_kind,
+                "created": self.created, "runtime": self.runtime, "threads": self.threads,
+                "method": self.method, "validation": self.validation, "factors": self.factors,
+                "composition": self.composition, "wall_s": self.wall_s,
+                "samples": [s.to_dict() for s in self.samples]}
+
+    def save(self, path: Path | None = None) -> Path:
+        path = path or calibration_path(self.target, self.backend, self.fingerprint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        self.path = path
+        return path
+
+
+def _predictor(calibration: Calibration, target: Target):
+    """Refit (deterministic) the regressor from the stored samples; memoised per file content."""
+
+    key = json.dumps({k: v for k, v in calibration.to_dict().items() if k != "validation"}, sort_keys=True)
+    return _cached_fit(key, target, calibration)
+
+
+@functools.lru_cache(maxsize=8)
+def _fit_by_key(key: str, target: Target) -> Any:
+    from edgeopt.targets.calibration.fit import fit_predictor
+
+    data = json.loads(key)
+    samples = [KernelSample.from_dict(s) for s in data["samples"]]
+    return fit_predictor(samples, target, data["device_kind"], data["method"], data["factors"])
+
+
+def _cached_fit(key: str, target: Target, calibration: Calibration) -> Any:
+    del calibration
+    return _fit_by_key(key, target)
+
+
+def _require(data: Any, key: str, kind: type | tuple[type, ...], where: Path) -> Any:
+    if not isinstance(data, dict) or key not in data:
+        raise CalibrationError(f"{where}: not an edgeopt calibration (missing '{key}')")
+    if not isinstance(data[key], kind):
+        raise CalibrationError(f"{where}: '{key}' has the wrong type ({type(data[key]).__name__})")
+    return data[key]
+
+
+def parse_calibration(data: Any, where: Path) -> Calibration:
+    """Validate a decoded calibration file; every problem is one line naming the file."""
+    if not isinstance(data, dict):
+        raise CalibrationError(f"{where}: not an edgeopt calibration (expected a JSON object)")
+    schema = _require(data, "schema", str, where)
+    if schema != SCHEMA:
+        raise CalibrationError(f"{where}: unsupported calibration schema '{schema}' (expected '{SCHEMA}')")
+    backend = _require(data, "backend", str, where)
+    if backend not in BACKENDS:
+        raise CalibrationError(f"{where}: unknown backend '{backend}'")
+    method = _require(data, "method", str, where)
+    from edgeopt.targets.calibration.fit import METHODS
+
+    if method not in METHODS:
+        raise CalibrationError(f"{where}: unknown method '{method}' (known: {', '.join(METHODS)})")
+    factors = _require(data, "factors", dict, where)
+    for key, value in factors.items():
+        if key.split("/")[0] not in CLASSES or not (isinstance(value, list) and len(value) == 3 and all(
+                isinstance(v, (int, float)) and v > 0 for v in value)):
+            raise CalibrationError(f"{where}: factors['{key}'] must be three positive numbers for a known class")
+    composition = _require(data, "composition", dict, where)
+    for key in ("run_overhead_s", "scale", "per_kernel_s"):
+        value = composition.get(key)
+        if not isinstance(value, (int, float)) or value < 0:
+            raise CalibrationError(f"{where}: composition.{key} must be a non-negative number")
+    samples = []
+    for i, raw in enumerate(_require(data, "samples", list, where)):
+        try:
+            sample = KernelSample.from_dict(raw)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise CalibrationError(f"{where}: samples[{i}] is malformed") from None
+        if sample.kind not in CLASSES or sample.precision not in PRECISIONS or not sample.seconds or \
+                sample.seconds <= 0:
+            raise CalibrationError(f"{where}: samples[{i}] has an unknown class/precision or no time")
+        samples.append(sample)
+    return Calibration(
+        target=_require(data, "target", str, where), backend=backend,
+        fingerprint=_require(data, "fingerprint", str, where), method=method,
+        factors={k: [float(x) for x in v] for k, v in factors.items()},
+        composition={k: float(composition.get(k, 0.0)) for k in
+                     ("run_overhead_s", "scale", "per_kernel_s", "layout_s_per_byte")},
+        samples=samples, device_kind=str(data.get("device_kind", "cpu")), threads=data.get("threads"),
+        runtime=dict(data.get("runtime") or {}), validation=dict(data.get("validation") or {}),
+        created=str(data.get("created", "")), wall_s=float(data.get("wall_s") or 0.0),
+        device=str(data.get("device", "")), path=where)
+
+
+def read_calibration(path: Path) -> Calibration:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CalibrationError(f"{path}: no such calibration file") from None
+    except OSError as error:
+        raise CalibrationError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CalibrationError(f"{path}: not valid JSON: {error}") from None
+    return parse_calibration(data, path)
+
+
+def load_calibration(path: Path, target: Target) -> Calibration:
+    calibration = read_calibration(path)
+    if calibration.target not in (target.name, *target.aliases):
+        raise CalibrationError(f"{path}: calibration is for target '{calibration.target}', not '{target.name}'")
+    return calibration
+
+
+def find_calibration(target: Target, backend: str) -> Calibration | None:
+    """This machine's calibration for host-cpu; the newest imported one for a device target."""
+    folder = cache_dir()
+    if not folder.is_dir():
+        return None
+    if target.detect == "host":
+        candidates = [calibration_path(target.name, backend, host_fingerprint())]
+    else:
+        candidates = sorted(folder.glob(f"{target.name}-{backend}-*.json"), key=lambda p: p.stat().st_mtime,
+                            reverse=True)
+    for path in candidates:
+        if path.is_file():
+            try:
+                return load_calibration(path, target)
+            except CalibrationError:
+                continue  # a corrupt cache file must not break estimates; `calibrate` rewrites it
+    return None
+
+
+def import_calibration(source: Path, target: Target) -> Path:
+    """Validate ``source`` for ``target`` and copy it into the cache folder; returns the new path."""
+    calibration = load_calibration(source, target)
+    if calibration.backend not in target.backends:
+        raise CalibrationError(f"{source}: backend '{calibration.backend}' is not one of target "
+                               f"'{target.name}' backends ({', '.join(target.backends)})")
+    calibration.target = target.name
+    if target.detect == "host" and calibration.fingerprint != host_fingerprint():
+        raise TargetError(f"{source}: host-cpu calibration was made on another machine (fingerprint "
+                          f"{calibration.fingerprint}); run `edgeopt calibrate --target host-cpu` here, "
+                          "or import it under the device's own target")
+    return calibration.save()

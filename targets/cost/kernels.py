@@ -1,0 +1,379 @@
+"""Kernel detection: group graph nodes into the kernels a backend would actually run.
+
+A backend never runs an ONNX graph node by node: ONNX Runtime folds BatchNorm into
+the Conv and fuses a residual Add and an activation into it (FusedConv / NCHWc
+Sum fusion), OpenVINO, TVM and TensorRT fuse whole chains of elementwise ops into
+the producing kernel, and every backend that runs quantized graphs absorbs the
+QuantizeLinear/DequantizeLinear pairs into the integer kernel. Latency is a sum
+over those kernels, not over nodes (nn-Meter's "kernel detection",
+https://github.com/microsoft/nn-Meter). No library exposes a backend's fusion
+decisions without running it, so the rules are written here, one table per backend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+CLASSES = ("conv", "depthwise", "gemm", "elementwise", "pooling", "normalization", "softmax",
+           "data", "recurrent", "shape", "free")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+
+_CONV = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"}
+_GEMM = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "MatMulNBits", "FusedMatMul", "Einsum"}
+_POOL = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool"}
+_NORM = {"BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization",
+         "LpNormalization", "RMSNormalization", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
+         "ReduceL2", "ReduceProd", "ReduceSumSquare", "ArgMax", "ArgMin", "TopK", "CumSum"}
+_SOFTMAX = {"Softmax", "LogSoftmax", "Attention", "MultiHeadAttention"}
+_RECURRENT = {"LSTM", "GRU", "RNN"}
+_DATA = {"Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND", "Pad",
+         "Resize", "Upsample", "Expand", "Tile", "ScatterND", "DepthToSpace", "SpaceToDepth",
+         "NonZero", "Range", "OneHot"}
+# Views and metadata: ORT runs them in place (or folds them), fusing backends drop them.
+_FREE = {"Identity", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Constant"}
+_UNARY_ACT = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh"}
+_QDQ = {"QuantizeLinear", "DequantizeLinear"}
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid",
+                "HardSwish", "Tanh", "Exp", "Log", "Erf", "Gelu", "Sqrt", "Pow", "Neg", "Abs", "Max",
+                "Min", "Where", "Mish", "Softplus", "Elu", "Selu", "PRelu", "Silu", "Reciprocal",
+                "Cast", "Equal", "Less", "Greater", "Not", "And", "Or", "Floor", "Ceil", "Round",
+                "Sin", "Cos", "Sign", "QuantizeLinear", "DequantizeLinear", "BiasGelu", "FastGelu"}
+SMALL_TENSOR = 64  # int64 tensors up to this many elements are shape arithmetic
+
+
+@dataclass(frozen=True)
+class FusionRules:
+    """What one backend fuses. ``epilogue`` ops join the anchor kernel that feeds them."""
+
+    epilogue_anchors: frozenset[str]  # ops that take a fused epilogue
+    epilogue_ops: frozenset[str]  # ops that may join an anchor's epilogue
+    max_binary: int  # residual Adds (non-constant second input) one epilogue may take
+    max_unary: int  # activations one epilogue may take
+    fuse_elementwise_chains: bool  # standalone elementwise runs become one kernel
+    absorb_qdq: bool = True
+    fuse_gelu: bool = True  # Erf-based GELU islands become one kernel
+    free_is_free: bool = False  # views cost no dispatch at all (compiled backends)
+    binary_ops: frozenset[str] | None = None  # binary epilogue ops allowed (None: any epilogue op)
+
+
+_ANY_ELEMENTWISE = frozenset(_ELEMENTWISE - _QDQ - {"Cast"})
+RULES: dict[str, FusionRules] = {
+    # onnxruntime CPU: ConvBNFusion, ConvAddFusion/ConvMulFusion (constant operands), FusedConv
+    # (Relu, Clip, LeakyRelu, Sigmoid, HardSigmoid, Tanh), NCHWc Conv+Sum(+activation),
+    # MatMulAdd/Gemm + activation, QDQ -> QLinearConv/QLinearMatMul, GeluFusion.
+    "onnxruntime": FusionRules(
+        epilogue_anchors=frozenset(_CONV | _GEMM),
+        epilogue_ops=frozenset({"BatchNormalization", "Add", "Sum", "Mul", "Sub", "Div", "HardSwish", *_UNARY_ACT}),
+        max_binary=1, max_unary=1, fuse_elementwise_chains=False, binary_ops=frozenset({"Add", "Sum"})),
+    # OpenVINO CPU (oneDNN post-ops and eltwise fusion), TVM (FuseOps: OutEWiseFusable +
+    # injective), TensorRT (pointwise fusion), CoreML/TFLite delegates: any elementwise epilogue.
+    "openvino": FusionRules(
+        epilogue_anchors=frozenset(_CONV | _GEMM | _POOL | {"LayerNormalization", "Softmax"}),
+        epilogue_ops=frozenset(_ANY_ELEMENTWISE | {"BatchNormalization"}),
+        max_binary=4, max_unary=8, fuse_elementwise_chains=True, free_is_free=True),
+}
+for _name in ("tvm", "tensorrt", "coreml", "tflite"):
+    RULES[_name] = RULES["openvino"]
+
+
+@dataclass
+class Kernel:
+    """One kernel the backend runs: its nodes, class, precision and static cost."""
+
+    name: str  # the anchor node's name (first node for elementwise runs)
+    kind: str  # one of CLASSES
+    precision: str
+    nodes: list[ir.Node] = field(default_factory=list)
+    flops: int = 0
+    activation_bytes: int = 0  # values read from or written to other kernels
+    weight_bytes: int = 0
+    attrs: dict[str, float] = field(default_factory=dict)  # shape features for calibration
+
+    @property
+    def bytes(self) -> int:
+        return self.activation_bytes + self.weight_bytes
+
+    @property
+    def ops(self) -> str:
+        return "+".join(node.op_type for node in self.nodes)
+
+    @property
+    def node_names(self) -> list[str]:
+        return [node.name or f"<{node.op_type}>" for node in self.nodes]
+
+
+def classify(node: ir.Node, shapes: Mapping[str, tuple[int, ...]]) -> str:
+    op = node.op_type
+    if op in _CONV:
+        weight = node.inputs[3 if op == "QLinearConv" else 1] if len(node.inputs) > 1 else None
+        group = node.attributes.get_int("group", 1)
+        if group > 1 and weight is not None and weight.shape is not None and len(weight.shape) > 1 \
+                and weight.shape[1] == 1:
+            return "depthwise"
+        return "conv"
+    if op in _GEMM:
+        return "gemm"
+    if op in _POOL:
+        return "pooling"
+    if op in _NORM:
+        return "normalization"
+    if op in _SOFTMAX:
+        return "softmax"
+    if op in _RECURRENT:
+        return "recurrent"
+    if op in _FREE:
+        return "free"
+    if _is_shape_math(node, shapes):
+        return "shape"
+    if op in _DATA:
+        return "data"
+    return "elementwise"
+
+
+def _is_shape_math(node: ir.Node, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Shape, Gather on shapes, ConstantOfShape…: int64 bookkeeping whose cost is the dispatch."""
+    if node.op_type in ("Shape", "Size", "ConstantOfShape"):
+        return True
+    for value in node.outputs:
+        dims = shapes.get(value.name or "")
+        if dims is None or math.prod(dims) > SMALL_TENSOR or value.dtype not in (
+                ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL):
+            return False
+    return bool(node.outputs)
+
+
+def _consumers(value: ir.Value) -> list[ir.Node]:
+    return [user for user, _ in value.uses()]
+
+
+def _is_const(value: ir.Value | None, constants: set[str]) -> bool:
+    return value is None or value.const_value is not None or (value.name or "") in constants
+
+
+def group_kernels(model: ir.Model, shapes: Mapping[str, tuple[int, ...]], backend: str,
+                  precision: Mapping[str, str] | None = None) -> list[Kernel]:
+    """The kernels ``backend`` runs for ``model``, in execution order."""
+    rules = RULES.get(backend, RULES["openvino"])
+    precision = precision or {}
+    graph = model.graph
+    outputs = {v.name for v in graph.outputs}
+    # Constant nodes are folded into initializers by every backend.
+    constants = {v.name for n in graph if n.op_type == "Constant" for v in n.outputs if v.name}
+    owner: dict[int, Kernel] = {}
+    kernels: list[Kernel] = []
+    nodes = _live_nodes(graph)
+    islands = _islands(nodes, constants)
+
+    def single_consumer(node: ir.Node) -> ir.Node | None:
+        if len(node.outputs) != 1 or node.outputs[0].name in outputs:
+            return None
+        users = _consumers(node.outputs[0])
+        return users[0] if len(users) == 1 and id(users[0]) not in owner else None
+
+    def add(kernel: Kernel, node: ir.Node) -> None:
+        kernel.nodes.append(node)
+        owner[id(node)] = kernel
+        # Identity / Dropout after a kernel vanish into it (ORT removes them at level 1).
+        nxt = single_consumer(node)
+        while nxt is not None and nxt.op_type in _ALIAS:
+            kernel.nodes.append(nxt)
+            owner[id(nxt)] = kernel
+            nxt = single_consumer(nxt)
+
+    for node in nodes:
+        if id(node) in owner or node.op_type in _ALIAS:
+            continue  # aliases are removed before fusion; they join whichever kernel reaches them
+        kind = classify(node, shapes)
+        if node.op_type == "Constant":
+            continue
+        if node.inputs and all(_is_const(v, constants) for v in node.inputs) and node.op_type not in _QDQ:
+            # Every input is a constant: the backend folds the node when it loads the model.
+            constants.update(v.name for v in node.outputs if v.name)
+            continue
+        if rules.absorb_qdq and node.op_type == "DequantizeLinear" and _absorbable_dq(node, constants):
+            continue  # taken by the kernel that consumes it (see _absorb_inputs)
+        if rules.absorb_qdq and node.op_type == "QuantizeLinear" and _feeds_only_dq(node):
+            # A Q whose producer is an anchor was absorbed there; one after a non-fused op
+            # (or at the graph input) still runs as its own quantize kernel.
+            kind = "elementwise"
+        kernel = Kernel(node.name or node.op_type, kind, "fp32")
+        kernels.append(kernel)
+        island = islands.get(id(node)) if rules.fuse_gelu else None
+        if island is not None and not any(id(n) in owner for n in island):
+            kernel.kind = "elementwise"
+            for member in island:
+                add(kernel, member)
+            continue
+        add(kernel, node)
+        if rules.absorb_qdq:
+            _absorb_inputs(kernel, node, constants, owner)
+        if node.op_type in rules.epilogue_anchors or (kind == "elementwise" and rules.fuse_elementwise_chains):
+            _extend_epilogue(kernel, rules, constants, single_consumer, add, shapes)
+        if rules.absorb_qdq:
+            tail = single_consumer(kernel.nodes[-1])
+            if tail is not None and tail.op_type == "QuantizeLinear" and kind not in ("free", "shape"):
+                add(kernel, tail)
+    from edgeopt.targets.cost.measure import measure_kernel  # measure needs this module's tables
+
+    for kernel in kernels:
+        measure_kernel(kernel, shapes, constants, precision)
+    return kernels
+
+
+_ALIAS = {"Identity", "Dropout"}
+
+
+def _live_nodes(graph: ir.Graph) -> list[ir.Node]:
+    """Nodes that contribute to a graph output; dead code is removed by every backend."""
+    live: set[int] = set()
+    wanted = {id(v) for v in graph.outputs}
+    for node in reversed(list(graph)):
+        if any(id(v) in wanted for v in node.outputs):
+            live.add(id(node))
+            wanted.update(id(v) for v in node.inputs if v is not None)
+    return [node for node in graph if id(node) in live]
+
+
+def _absorbable_dq(node: ir.Node, constants: set[str]) -> bool:
+    """A DQ of a weight, or of a Q output (an activation pair), runs inside its consumer."""
+    source = node.inputs[0]
+    users = _consumers(node.outputs[0]) if node.outputs else []
+    if not users or any(v.is_graph_output() for v in node.outputs):
+        return False  # a DQ producing a graph output runs as its own kernel
+    if _is_const(source, constants):
+        return True
+    producer = source.producer() if source is not None else None
+    return producer is not None and producer.op_type == "QuantizeLinear"
+
+
+def _feeds_only_dq(node: ir.Node) -> bool:
+    users = _consumers(node.outputs[0]) if node.outputs else []
+    return bool(users) and all(u.op_type == "DequantizeLinear" for u in users)
+
+
+def _absorb_inputs(kernel: Kernel, node: ir.Node, constants: set[str], owner: dict[int, Kernel]) -> None:
+    for value in node.inputs:
+        producer = value.producer() if value is not None else None
+        if producer is not None and producer.op_type == "DequantizeLinear" and id(producer) not in owner \
+                and _absorbable_dq(producer, constants):
+            kernel.nodes.insert(0, producer)
+            owner[id(producer)] = kernel
+
+
+def _extend_epilogue(kernel: Kernel, rules: FusionRules, constants: set[str], single_consumer, add,
+                     shapes: Mapping[str, tuple[int, ...]]) -> None:
+    binary = unary = 0
+    anchor = kernel.nodes[-1]
+    # ORT fuses a MatMul's epilogue only for 2-D inputs (MatMulAddFusion -> Gemm); a batched
+    # MatMul keeps just a constant scale (FusedMatMul alpha).
+    batched = rules.max_binary == 1 and anchor.op_type == "MatMul" and len(
+        shapes.get(anchor.inputs[0].name or "", ()) if anchor.inputs[0] is not None else ()) > 2
+    while True:
+        nxt = single_consumer(kernel.nodes[-1])
+        if nxt is None or nxt.op_type not in rules.epilogue_ops:
+            return
+        if batched and not (nxt.op_type in ("Mul", "Div") and all(
+                _is_const(v, constants) and _numel(tuple(v.const_value.shape.numpy()) if v is not None and
+                                                   v.const_value is not None else ()) <= 1
+                for v in nxt.inputs if v is not None and v is not kernel.nodes[-1].outputs[0])):
+            return
+        other = [v for v in nxt.inputs if v is not None and v is not kernel.nodes[-1].outputs[0]]
+        is_binary = any(not _is_const(v, constants) for v in other)
+        if nxt.op_type in ("BatchNormalization",) or (not is_binary and nxt.op_type in ("Add", "Mul", "Sub", "Div")):
+            pass  # folded into weights / bias: free on every backend
+        elif is_binary:
+            if binary >= rules.max_binary or (rules.binary_ops is not None and nxt.op_type not in rules.binary_ops):
+                return
+            binary += 1
+        else:
+            if unary >= rules.max_unary:
+                return
+            unary += 1
+        add(kernel, nxt)
+
+
+def _islands(nodes: list[ir.Node], constants: set[str]) -> dict[int, list[ir.Node]]:
+    """Elementwise patterns backends run as one kernel, keyed by their first node.
+
+    GELU as exported from torch (Div -> Erf -> Add -> Mul(x, .) -> Mul(0.5)), with the bias
+    Add in front when nothing else reads it (ORT's GeluFusion / BiasGelu), and SiLU
+    (x * Sigmoid(x), ORT's QuickGelu).
+    """
+    order = {id(n): i for i, n in enumerate(nodes)}
+    islands: dict[int, list[ir.Node]] = {}
+
+    def only_user(value: ir.Value) -> ir.Node | None:
+        users = _consumers(value)
+        return users[0] if len(users) == 1 else None
+
+    for node in nodes:
+        if node.op_type == "Sigmoid" and node.inputs[0] is not None:
+            mul = only_user(node.outputs[0])
+            if mul is not None and mul.op_type == "Mul" and node.inputs[0] in mul.inputs:
+                islands[id(node)] = [node, mul]
+        if node.op_type != "Erf" or node.inputs[0] is None:
+            continue
+        scale = node.inputs[0].producer()
+        add = only_user(node.outputs[0])
+        mul = only_user(add.outputs[0]) if add is not None and add.op_type == "Add" else None
+        if scale is None or scale.op_type not in ("Div", "Mul") or mul is None or mul.op_type != "Mul":
+            continue
+        x = scale.inputs[0]
+        if x is None or x not in mul.inputs:
+            continue
+        members = [scale, node, add, mul]
+        half = only_user(mul.outputs[0])
+        if half is not None and half.op_type == "Mul" and any(_is_const(v, constants) for v in half.inputs):
+            members.append(half)
+        bias = x.producer()
+        if bias is not None and bias.op_type == "Add" and any(_is_const(v, constants) for v in bias.inputs) \
+                and all(u in members for u in _consumers(x)):
+            members.insert(0, bias)
+        members.sort(key=lambda n: order.get(id(n), 0))
+        islands[id(members[0])] = members
+    return islands
+
+
+def _numel(dims: Iterable[int] | None) -> int:
+    return math.prod(dims) if dims is not None else 0
+
+
+_NCHWC_KINDS = {"conv", "depthwise", "pooling"}
+# Ops the NCHWc transformer runs in whichever layout their inputs have (no reorder either way).
+_NCHWC_NEUTRAL = {"Add", "Sum", "Concat", "Resize", "Upsample", "Relu", "Tanh", "LeakyRelu", "BatchNormalization",
+                  "Identity", "Dropout"}
+
+
+def layout_boundary_bytes(kernels: list[Kernel], shapes: Mapping[str, tuple[int, ...]], backend: str) -> int:
+    """Bytes ONNX Runtime's NCHWc layout reorders move (ReorderInput / ReorderOutput nodes).
+
+    ORT's CPU provider runs convs and pools in a blocked NCHWc layout and converts every 4-D
+    activation that crosses to or from a kernel without an NCHWc form (SiLU, SE Mul, Flatten,
+    …), once per value. Other backends pick layouts inside their own fused graph: 0.
+    """
+    if backend != "onnxruntime":
+        return 0
+    kernel_of = {id(n): k for k in kernels for n in k.nodes}
+    total = 0
+    for kernel in kernels:
+        for node in kernel.nodes:
+            for value in node.outputs:
+                dims = shapes.get(value.name or "")
+                if dims is None or len(dims) != 4:
+                    continue
+                users = {id(kernel_of[id(u)]): kernel_of[id(u)] for u, _ in value.uses()
+                         if id(u) in kernel_of and kernel_of[id(u)] is not kernel}
+                if _neutral(kernel):
+                    continue
+                capable = kernel.kind in _NCHWC_KINDS
+                if any((k.kind in _NCHWC_KINDS) != capable and not _neutral(k) for k in users.values()):
+                    total += math.prod(dims) * 4
+    return total
+
+
+def _neutral(kernel: Kernel) -> bool:
+    return kernel.kind not in _NCHWC_KINDS and all(n.op_type in _NCHWC_NEUTRAL for n in kernel.nodes)

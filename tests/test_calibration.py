@@ -1,0 +1,181 @@
+"""Calibration: fitting, files in the cache folder, import of foreign files, the CLI commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgeopt.ir import load_model
+from edgeopt.targets import get_target
+from edgeopt.targets.calibration import SCHEMA, find_calibration, import_calibration, read_calibration
+from edgeopt.targets.calibration.fit import fit_composition, fit_factors, lines_for
+from edgeopt.targets.calibration.store import CalibrationError, calibration_path, host_fingerprint
+from edgeopt.targets.cost import CostModel
+from edgeopt.targets.cost.features import KernelSample
+from edgeopt.targets.cost.roofline import factor_time
+from tests.conftest import make_conv_bn_model
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "calibration"
+
+
+def _synthetic_samples(target, kind: str, ec: float, em: float, overhead: float, n: int = 24) -> list[KernelSample]:
+    """Kernels whose 'measured' time follows the factor model exactly."""
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        flops, nbytes = float(10 ** rng.uniform(5, 9)), float(10 ** rng.uniform(4, 7))
+        sample = KernelSample(kind, "fp32", flops, nbytes, 0.0, {"k": 9.0})
+        (line,) = lines_for([sample], target)
+        sample.seconds = factor_time(line, ec, em, overhead)
+        out.append(sample)
+    return out
+
+
+def test_factor_fit_recovers_known_efficiencies() -> None:
+    target = get_target("jetson-orin-nx")
+    samples = _synthetic_samples(target, "conv", 0.3, 0.5, 2e-5)
+    factors = fit_factors(samples, lines_for(samples, target), "gpu")
+    ec, em, overhead = factors["conv/fp32"]
+    assert ec == pytest.approx(0.3, rel=0.02) and em == pytest.approx(0.5, rel=0.05)
+    assert overhead == pytest.approx(2e-5, rel=0.1)
+
+
+def test_composition_fit_is_exact_on_linear_data() -> None:
+    rows = [(s, n, 1e-4 + 0.8 * s + 2e-6 * n + 1e-10 * b, b) for s, n, b in
+            ((1e-3, 10, 1e6), (5e-3, 40, 0.0), (2e-2, 15, 8e6), (4e-2, 90, 3e6), (1e-2, 30, 2e7))]
+    fitted = fit_composition(rows, 1e-4)
+    assert fitted["layout_s_per_byte"] == pytest.approx(1e-10, rel=1e-3)
+    assert fitted["scale"] == pytest.approx(0.8, rel=1e-3)
+    assert fitted["run_overhead_s"] == pytest.approx(1e-4, rel=1e-2)
+    assert fitted["per_kernel_s"] == pytest.approx(2e-6, rel=1e-2)
+
+
+def _foreign_file(tmp_path: Path, target_name: str = "jetson-orin-nx-16gb", backend: str = "tensorrt") -> Path:
+    target = get_target(target_name)
+    samples = _synthetic_samples(target, "conv", 0.05, 0.1, 1e-4)
+    data = {"schema": SCHEMA, "target": target_name, "backend": backend, "fingerprint": "0123456789abcdef",
+            "device_kind": "gpu", "method": "factors", "factors": {"conv/fp32": [0.05, 0.1, 1e-4]},
+            "composition": {"run_overhead_s": 1e-4, "scale": 1.0, "per_kernel_s": 0.0},
+            "samples": [s.to_dict() for s in samples], "threads": None}
+    path = tmp_path / "orin.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_import_foreign_calibration_changes_predictions(tmp_path: Path, cache: Path) -> None:
+    target = get_target("jetson-orin-nx")
+    model = load_model_from(make_conv_bn_model(batch=1), tmp_path)
+    before = CostModel(target).latency(model)
+    saved = import_calibration(_foreign_file(tmp_path), target)
+    assert saved == cache / "jetson-orin-nx-16gb-tensorrt-0123456789abcdef.json"
+    cost = CostModel(target)
+    assert cost.calibration is not None and cost.calibration.path == saved
+    after = cost.latency(model)
+    assert after > 2 * before  # the imported device is far slower than the datasheet defaults
+
+
+def load_model_from(proto: onnx.ModelProto, folder: Path):
+    path = folder / "m.onnx"
+    onnx.save(proto, str(path))
+    return load_model(path)
+
+
+def test_import_rejects_bad_files(tmp_path: Path) -> None:
+    target = get_target("jetson-orin-nx")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CalibrationError, match=r"bad\.json: not valid JSON"):
+        import_calibration(bad, target)
+    bad.write_text(json.dumps({"schema": "other/9"}))
+    with pytest.raises(CalibrationError, match="unsupported calibration schema 'other/9'"):
+        import_calibration(bad, target)
+    with pytest.raises(CalibrationError, match=r"is for target 'jetson-orin-nx-16gb', not 'nvidia-t4'"):
+        import_calibration(_foreign_file(tmp_path), get_target("nvidia-t4"))
+    data = json.loads(_foreign_file(tmp_path).read_text())
+    data["factors"] = {"conv/fp32": [0.1, -1, 0]}
+    bad.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match=r"factors\['conv/fp32'\] must be three positive numbers"):
+        import_calibration(bad, target)
+    with pytest.raises(CalibrationError, match="no such calibration file"):
+        import_calibration(tmp_path / "missing.json", target)
+
+
+def test_calibrate_import_cli(tmp_path: Path, edgeopt_cli, cache: Path) -> None:
+    env = {"EDGEOPT_CACHE_DIR": str(cache.parent)}
+    ok = edgeopt_cli("calibrate", "--import", _foreign_file(tmp_path), "--target", "jetson-orin-nx", env=env)
+    assert ok.code == 0, ok.stderr
+    assert "imported calibration for jetson-orin-nx-16gb" in ok.stdout.replace("\n", "")
+    (tmp_path / "bad.json").write_text("[]")
+    bad = edgeopt_cli("calibrate", "--import", tmp_path / "bad.json", "--target", "jetson-orin-nx", env=env)
+    assert bad.code == 2
+    assert bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'bad.json'}: not an edgeopt calibration "
+                                               "(expected a JSON object)"]
+
+
+@pytest.fixture(scope="module")
+def quick_calibration(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One `edgeopt calibrate --quick` run shared by the tests below (about 30 s)."""
+    from tests.conftest import run_edgeopt
+
+    root = tmp_path_factory.mktemp("calibration-cache")
+    result = run_edgeopt("calibrate", "--target", "host-cpu", "--quick", env={"EDGEOPT_CACHE_DIR": str(root)},
+                         timeout=240)
+    assert result.code == 0, result.stderr
+    return root, result.stdout
+
+
+def test_quick_calibration_round_trip(quick_calibration: tuple[Path, str], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    root, stdout = quick_calibration
+    monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(root))
+    path = calibration_path("host-cpu", "onnxruntime", host_fingerprint())
+    assert path.is_file() and host_fingerprint() in path.name
+    assert str(path) in stdout.replace("\n", "")
+    calibration = read_calibration(path)
+    assert calibration.fingerprint == host_fingerprint() and calibration.threads == 2
+    assert len(calibration.samples) >= 20 and calibration.method in ("factors", "ridge", "gbr")
+    assert {s.kind for s in calibration.samples} >= {"conv", "depthwise", "gemm", "elementwise"}
+    assert find_calibration(get_target("host-cpu"), "onnxruntime").path == path
+    model = load_model_from(make_conv_bn_model(batch=1), tmp_path)
+    target = get_target("host-cpu")
+    calibrated, default = CostModel(target).latency(model), CostModel(target, use_cache=False).latency(model)
+    assert calibrated != pytest.approx(default, rel=1e-3)
+
+
+def test_estimate_cli_table_and_compare(quick_calibration: tuple[Path, str], conv_bn_path: Path,
+                                        edgeopt_cli) -> None:
+    root, _ = quick_calibration
+    result = edgeopt_cli("estimate", conv_bn_path, "--target", "host-cpu", "--compare",
+                         env={"EDGEOPT_CACHE_DIR": str(root)})
+    assert result.code == 0, result.stderr
+    out = result.stdout.replace("\n", "")  # rich wraps the long cache path
+    assert "Conv+BatchNormalization+Identity+Relu" in out and ("compute" in out or "memory" in out)
+    assert "dead_mul" not in out  # dead code is no kernel
+    assert "peak activations" in out and "calibrated (" in out
+    assert "measured" in out and "vs predicted" in out
+    int8 = edgeopt_cli("estimate", conv_bn_path, "--target", "jetson-orin-nx", "--precision", "int8")
+    assert int8.code == 0, int8.stderr
+    assert "int8" in int8.stdout and "uncalibrated defaults" in int8.stdout and "mJ" in int8.stdout
+    bad = edgeopt_cli("estimate", conv_bn_path, "--precision", "int3")
+    assert bad.code == 2 and "--precision 'int3': unknown" in bad.stderr
+    remote = edgeopt_cli("estimate", conv_bn_path, "--target", "jetson-orin-nx", "--compare")
+    assert remote.code == 2 and "not this machine" in remote.stderr
+
+
+def test_gpu_calibration_without_a_gpu_is_one_line(edgeopt_cli) -> None:
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" in ort.get_available_providers():
+        pytest.skip("TensorRT is available here")
+    result = edgeopt_cli("calibrate", "--target", "nvidia-t4", "--quick")
+    assert result.code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no TensorrtExecutionProvider here" in lines[0]

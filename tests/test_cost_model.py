@@ -1,0 +1,210 @@
+"""The cost model: roofline numbers, kernel grouping per backend, liveness memory, precision, compile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeopt.ir.errors import TargetError, UserError
+from edgeopt.targets import get_target, target_from_dict
+from edgeopt.targets.cost import CostModel, group_kernels, peak_activation_bytes
+from edgeopt.targets.cost.roofline import DEFAULT_FACTORS, DEFAULT_RUN_OVERHEAD_S
+
+ONE_GFLOPS_TARGET = {
+    "name": "toy", "description": "1 GFLOPS, 1 GB/s, 2 W", "vendor": "tests", "kind": "cpu",
+    "default_backend": "onnxruntime", "backends": ["onnxruntime", "openvino"], "precisions": ["fp32", "int8"],
+    "compute": {"fp32": 0.001, "int8": 0.004}, "memory": {"bandwidth_gbps": 1.0}, "power_w": 2.0,
+    "sources": {"compute.fp32": "test", "compute.int8": "test", "memory.bandwidth_gbps": "test", "power_w": "test"},
+}
+
+
+def _model(nodes, inputs, outputs, inits) -> ir.Model:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return ir.serde.deserialize_model(proto)
+
+
+def _f(name: str, shape: list[int]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _w(name: str, shape: tuple[int, ...], seed: int = 0) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.random.default_rng(seed).standard_normal(shape).astype(np.float32), name)
+
+
+def single_conv() -> ir.Model:
+    return _model([helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+                  [_f("x", [1, 3, 8, 8])], [_f("y", [1, 4, 8, 8])], [_w("w", (4, 3, 3, 3)), _w("b", (4,))])
+
+
+def residual_block() -> ir.Model:
+    """x -> Conv-BN-Relu -> Conv-BN -> Add(skip) -> Relu -> HardSwish."""
+    bn = [_w(f"{k}{i}", (4,), i) for i in (1, 2) for k in ("s", "o", "m")] + [
+        numpy_helper.from_array(np.ones(4, np.float32), f"v{i}") for i in (1, 2)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "s1", "o1", "m1", "v1"], ["b1"], name="bn1"),
+        helper.make_node("Relu", ["b1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c2", "s2", "o2", "m2", "v2"], ["b2"], name="bn2"),
+        helper.make_node("Add", ["b2", "r1"], ["a"], name="add"),
+        helper.make_node("Relu", ["a"], ["r2"], name="relu2"),
+        helper.make_node("HardSwish", ["r2"], ["y"], name="hswish"),
+    ]
+    return _model(nodes, [_f("x", [1, 4, 8, 8])], [_f("y", [1, 4, 8, 8])],
+                  [_w("w1", (4, 4, 3, 3)), _w("w2", (4, 4, 3, 3)), *bn])
+
+
+def test_roofline_numbers_of_one_conv_are_exact() -> None:
+    target = target_from_dict(ONE_GFLOPS_TARGET)
+    cost = CostModel(target, use_cache=False)
+    estimate = cost.estimate(single_conv())
+    (item,) = estimate.kernels
+    # 2 x 256 outputs x 27 MACs + 256 bias adds; input 3*64*4 B, weights 432 + 16 B, output 4*64*4 B.
+    assert item.kernel.flops == 2 * 256 * 27 + 256 == 14080
+    assert (item.kernel.activation_bytes, item.kernel.weight_bytes) == (768 + 1024, 448)
+    assert item.line.compute_s == pytest.approx(14080 / 1e9)
+    assert item.line.memory_s == pytest.approx(2240 / 1e9)
+    assert item.line.bound == "compute"
+    ec, _em, overhead = DEFAULT_FACTORS["conv"]
+    assert item.seconds == pytest.approx(14080 / 1e9 / ec + overhead)
+    assert estimate.latency_s == pytest.approx(DEFAULT_RUN_OVERHEAD_S["cpu"] + item.seconds)
+    assert estimate.energy_j == pytest.approx(estimate.latency_s * 2.0)
+    assert cost.latency(single_conv()) == pytest.approx(estimate.latency_s)
+    assert cost.layer_latency(single_conv()) == {"conv": pytest.approx(item.seconds)}
+
+
+def test_kernel_grouping_per_backend() -> None:
+    model = residual_block()
+    shapes = {v.name: (1, 4, 8, 8) for n in model.graph for v in n.outputs}
+    shapes["x"] = (1, 4, 8, 8)
+    ort = group_kernels(model, shapes, "onnxruntime")
+    assert [len(k.nodes) for k in ort] == [3, 4, 1]  # FusedConv, Conv+Sum+Relu, HardSwish alone
+    assert [k.kind for k in ort] == ["conv", "conv", "elementwise"]
+    assert ort[1].ops == "Conv+BatchNormalization+Add+Relu"
+    ov = group_kernels(model, shapes, "openvino")
+    assert [len(k.nodes) for k in ov] == [3, 5]  # oneDNN post-ops take the HardSwish too
+    assert group_kernels(model, shapes, "tensorrt")[1].ops.endswith("HardSwish")
+
+
+def test_qdq_is_absorbed_into_the_integer_kernel() -> None:
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    zero = numpy_helper.from_array(np.array(128, np.uint8), "z")
+    wq = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.int8), "wq")
+    ws = numpy_helper.from_array(np.full(4, 0.01, np.float32), "ws")
+    wz = numpy_helper.from_array(np.zeros(4, np.int8), "wz")
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q_in"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq_in"),
+        helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], name="dq_w", axis=0),
+        helper.make_node("Conv", ["xd", "wd"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("QuantizeLinear", ["r", "s", "z"], ["rq"], name="q_out"),
+        helper.make_node("DequantizeLinear", ["rq", "s", "z"], ["y"], name="dq_out"),
+    ]
+    model = _model(nodes, [_f("x", [1, 3, 8, 8])], [_f("y", [1, 4, 8, 8])], [scale, zero, wq, ws, wz])
+    cost = CostModel(target_from_dict(ONE_GFLOPS_TARGET), use_cache=False)
+    kernels = cost.kernels(model)
+    assert [k.ops for k in kernels] == ["QuantizeLinear", "DequantizeLinear+DequantizeLinear+Conv+Relu+QuantizeLinear",
+                                        "DequantizeLinear"]
+    conv = kernels[1]
+    assert conv.precision == "int8" and conv.name == "conv"
+    assert conv.weight_bytes == 108 + 16 + 4 + 4 + 1  # int8 weights, per-channel scales/zeros, scalars
+    assert conv.activation_bytes == 3 * 64 + 4 * 64  # uint8 in, uint8 out
+
+
+def test_precision_map_changes_bytes_and_latency() -> None:
+    target = target_from_dict(ONE_GFLOPS_TARGET)
+    cost = CostModel(target, use_cache=False)
+    model = single_conv()
+    fp32 = cost.estimate(model)
+    int8 = cost.estimate(model, {"conv": "int8"})
+    assert int8.kernels[0].kernel.precision == "int8"
+    assert int8.weight_bytes == 108 + 16 < fp32.weight_bytes  # bias stays float
+    assert int8.latency_s < fp32.latency_s  # 4x the int8 rate on this toy target
+    with pytest.raises(UserError, match="precision for node 'conv'"):
+        cost.latency(model, {"conv": "int3"})
+
+
+def test_liveness_peak_is_exact() -> None:
+    # x -> a=Relu(x) -> b=Neg(a) -> c=Add(a, b) -> d=Sigmoid(c); 1000 floats each.
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"), helper.make_node("Neg", ["a"], ["b"], name="neg"),
+             helper.make_node("Add", ["a", "b"], ["c"], name="add"),
+             helper.make_node("Sigmoid", ["c"], ["d"], name="sig")]
+    model = _model(nodes, [_f("x", [1000])], [_f("d", [1000])], [])
+    shapes = {name: (1000,) for name in "xabcd"}
+    # Step add: a, b and c are live at once (x died after relu, d not yet made).
+    assert peak_activation_bytes(model, shapes) == 3 * 4000
+    kernels = group_kernels(model, shapes, "openvino")  # one eltwise chain: b and c never materialise
+    assert [k.ops for k in kernels] == ["Relu", "Neg+Add+Sigmoid"]
+    assert peak_activation_bytes(model, shapes, kernels) == 2 * 4000  # x and a, then a and d
+
+
+def test_unknown_backend_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="no backend 'tflite'"):
+        CostModel(get_target("host-cpu"), "tflite", use_cache=False)
+
+
+def test_host_int8_peak_reflects_the_isa() -> None:
+    host = get_target("host-cpu")
+    if {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"} & set(host.isa):
+        pytest.skip("this CPU has int8 dot-product instructions")
+    from edgeopt.targets.cost import effective_peak
+
+    assert effective_peak(host, "int8") == pytest.approx(2 * effective_peak(host, "fp32"))
+    assert effective_peak(host, "fp16") == pytest.approx(effective_peak(host, "fp32"))  # no native fp16
+
+
+def test_gpu_calibration_is_guarded() -> None:
+    import onnxruntime as ort
+
+    from edgeopt.targets.calibration.runners import make_runner
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a CUDA runtime is present")
+    with pytest.raises(TargetError, match="no CUDAExecutionProvider"):
+        make_runner("onnxruntime", "gpu")
+
+
+def test_compile_puts_predicted_latency_in_manifest(conv_bn_path: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeopt.driver import CompileRequest, compile_model
+
+    monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path / "cache"))
+    result = compile_model(CompileRequest(model=conv_bn_path, out=tmp_path / "out", measure=False))
+    predicted = result.manifest["metrics"]["predicted_latency_ms"]
+    assert isinstance(predicted, float) and 0 < predicted < 100
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["metrics"]["predicted_latency_ms"] == pytest.approx(predicted)
+
+
+def test_gelu_and_silu_islands_are_one_kernel_each() -> None:
+    """MatMul(3-D) -> Add(bias) -> GELU(erf) -> x * Sigmoid(x): ORT runs MatMul, BiasGelu, QuickGelu."""
+    c = {name: numpy_helper.from_array(np.array(v, np.float32), name)
+         for name, v in (("sqrt2", 1.4142135), ("one", 1.0), ("half", 0.5))}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"], name="matmul"),
+        helper.make_node("Add", ["m", "bias"], ["h"], name="bias_add"),
+        helper.make_node("Div", ["h", "sqrt2"], ["d"], name="div"),
+        helper.make_node("Erf", ["d"], ["e"], name="erf"),
+        helper.make_node("Add", ["e", "one"], ["a"], name="add1"),
+        helper.make_node("Mul", ["h", "a"], ["g0"], name="mul"),
+        helper.make_node("Mul", ["g0", "half"], ["g"], name="mul_half"),
+        helper.make_node("Sigmoid", ["g"], ["s"], name="sigmoid"),
+        helper.make_node("Mul", ["g", "s"], ["y"], name="silu"),
+    ]
+    model = _model(nodes, [_f("x", [1, 16, 8])], [_f("y", [1, 16, 8])],
+                   [_w("w", (8, 8)), _w("bias", (8,)), *c.values()])
+    shapes = {v.name: (1, 16, 8) for n in model.graph for v in n.outputs}
+    shapes["x"] = (1, 16, 8)
+    ort = group_kernels(model, shapes, "onnxruntime")
+    assert [k.ops for k in ort] == ["MatMul", "Add+Div+Erf+Add+Mul+Mul", "Sigmoid+Mul"]
+    assert [k.kind for k in ort] == ["gemm", "elementwise", "elementwise"]
+    ov = group_kernels(model, shapes, "openvino")  # oneDNN takes the bias into the MatMul
+    assert ov[0].ops.startswith("MatMul+Add")

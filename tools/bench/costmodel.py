@@ -1,0 +1,196 @@
+"""Cost-model accuracy: calibrate host-cpu on kernels, predict whole models it never saw.
+
+    flock /tmp/edgeopt-bench.lock .venv/bin/python -m tools.bench.costmodel --backend onnxruntime \
+        --markdown out.md --json out.json
+
+1. ``edgeopt calibrate`` on kernel micro-benchmarks (or reuse --calibration FILE);
+2. predict and measure every zoo model at full size (held out: calibration never sees them);
+3. predict and measure >= 8 variants of a ResNet-18: width-pruned (torch module built at
+   several widths), other input resolutions, INT8 QDQ (onnxruntime.quantization) and FP16;
+4. print predicted, measured and error per model, the share within ±10%, Kendall tau over the
+   variants (scipy.stats.kendalltau) and the calibration's wall time.
+
+Measurement uses the runner calibration uses: the product's session options (ORT_ENABLE_ALL /
+OpenVINO LATENCY hint) and a fixed thread count (2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from edgeopt.ir import load_model
+from edgeopt.targets import get_target
+from edgeopt.targets.calibration import read_calibration
+from edgeopt.targets.calibration.calibrate import calibrate
+from edgeopt.targets.calibration.runners import make_runner
+from edgeopt.targets.cost import CostModel
+from tools.zoo import ZOO, build, example_inputs
+from tools.zoo.cnn import BasicBlock, ResNet
+from tools.zoo.spec import randomize_norms
+
+BARS = {"within_10pct": 0.80, "kendall_tau": 0.85, "calibration_s": 600.0}
+
+
+def _bindings(model, feeds: dict[str, np.ndarray]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for value in model.graph.inputs:
+        if value.name in feeds and value.shape is not None:
+            for dim, size in zip(value.shape, feeds[value.name].shape, strict=False):
+                if not isinstance(dim, int) and dim.value:
+                    out[str(dim.value)] = int(size)
+    return out
+
+
+def _resnet18(width: float, res: int, path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        widths = tuple(max(8, round(w * width)) for w in (64, 128, 256, 512))
+        torch.manual_seed(0)
+        module = ResNet(BasicBlock, (2, 2, 2, 2), widths, 1000).eval()
+        randomize_norms(module, torch.Generator().manual_seed(1))
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (torch.randn(2, 3, res, res),), str(path), dynamo=False, opset_version=17,
+                              input_names=["images"], output_names=["logits"], do_constant_folding=False,
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    return {"images": np.random.default_rng(0).standard_normal((1, 3, res, res)).astype(np.float32)}
+
+
+def _int8(source: Path, path: Path, feeds: dict[str, np.ndarray]) -> None:
+    if path.exists():
+        return
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(1)
+            self.items = iter([{k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in feeds.items()}
+                               for _ in range(4)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    prepared = path.with_suffix(".pre.onnx")
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    prepared.unlink(missing_ok=True)
+
+
+def _fp16(source: Path, path: Path) -> None:
+    if path.exists():
+        return
+    import onnx_ir as ir
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted = ir.serde.deserialize_model(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
+    converted.graph.sort()  # the converter appends its input Casts after their consumers
+    onnx.save(ir.serde.serialize_model(converted), str(path))
+
+
+def models(folder: Path, only: set[str] | None) -> tuple[list, list]:
+    """(held-out zoo models, ResNet-18 variants) as (name, path, feeds)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    zoo = []
+    for name in ZOO:
+        if only and name not in only:
+            continue
+        zoo.append((name, build(name, folder, size="full"), example_inputs(name, "full")))
+    variants = []
+    for width, res in ((1.0, 224), (0.75, 224), (0.5, 224), (0.25, 224), (1.0, 160), (1.0, 128), (0.5, 160),
+                       (0.75, 192)):
+        path = folder / f"resnet18-w{width}-r{res}.onnx"
+        variants.append((f"resnet18 w{width} r{res}", path, _resnet18(width, res, path)))
+    base_path, base_feeds = variants[0][1], variants[0][2]
+    _int8(base_path, folder / "resnet18-int8.onnx", base_feeds)
+    variants.append(("resnet18 int8 qdq", folder / "resnet18-int8.onnx", base_feeds))
+    _fp16(base_path, folder / "resnet18-fp16.onnx")
+    variants.append(("resnet18 fp16", folder / "resnet18-fp16.onnx", base_feeds))
+    return zoo, variants
+
+
+def evaluate(cost: CostModel, runner, entries: list, group: str) -> list[dict]:
+    rows = []
+    for name, path, feeds in entries:
+        model = load_model(path)
+        cost.bindings = _bindings(model, feeds)
+        estimate = cost.estimate(model)
+        measured = runner.time(path, feeds)
+        predicted = estimate.latency_s
+        rows.append({"group": group, "model": name, "gflops": estimate.flops / 1e9, "kernels": len(estimate.kernels),
+                     "predicted_ms": predicted * 1e3, "measured_ms": measured * 1e3,
+                     "error_pct": (predicted / measured - 1) * 100})
+        print(f"  {group:<8} {name:<22} predicted {predicted * 1e3:9.2f} ms  measured {measured * 1e3:9.2f} ms  "
+              f"error {(predicted / measured - 1) * 100:+6.1f}%", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from scipy.stats import kendalltau
+
+    p = argparse.ArgumentParser(prog="python -m tools.bench.costmodel", description=__doc__.splitlines()[0])
+    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "openvino"))
+    p.add_argument("--calibration", type=Path, help="reuse this calibration file instead of calibrating")
+    p.add_argument("--budget-s", type=float, default=480.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--statistic", default="p25", choices=("median", "p25"),
+                   help="per-run time statistic for calibration and measurement (p25 resists other jobs' load)")
+    p.add_argument("--quick", action="store_true", help="quick calibration (a smoke test of this script)")
+    p.add_argument("--models", type=Path, default=Path("/tmp/edgeopt-costmodel-models"))
+    p.add_argument("--only", default="", help="comma-separated zoo models (default: all)")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--markdown", type=Path)
+    a = p.parse_args(argv)
+    target = get_target("host-cpu")
+    if a.calibration:
+        calibration = read_calibration(a.calibration)
+    else:
+        began = time.perf_counter()
+        calibration = calibrate(target, a.backend, budget_s=30.0 if a.quick else a.budget_s, threads=a.threads,
+                                quick=a.quick, statistic=a.statistic)
+        print(f"calibrated in {time.perf_counter() - began:.1f} s -> {calibration.path}", flush=True)
+    zoo, variants = models(a.models, {s for s in a.only.split(",") if s} or None)
+    cost = CostModel(target, a.backend, calibration)
+    runner = make_runner(a.backend, "cpu", a.threads, budget_s=2.0, statistic=a.statistic)
+    rows = evaluate(cost, runner, zoo, "zoo") + evaluate(cost, runner, variants, "variant")
+    held = [r for r in rows if r["group"] == "zoo"]
+    within = float(np.mean([abs(r["error_pct"]) <= 10 for r in held])) if held else 0.0
+    var = [r for r in rows if r["group"] == "variant"]
+    tau = float(kendalltau([r["predicted_ms"] for r in var], [r["measured_ms"] for r in var]).statistic)
+    summary = {"backend": a.backend, "method": calibration.method, "statistic": a.statistic,
+               "calibration_wall_s": calibration.wall_s,
+               "calibration_samples": len(calibration.samples), "within_10pct": within,
+               "within_10pct_all": float(np.mean([abs(r["error_pct"]) <= 10 for r in rows])),
+               "kendall_tau": tau, "variants": len(var), "held_out": len(held),
+               "bars": {"within_10pct": within >= BARS["within_10pct"], "kendall_tau": tau >= BARS["kendall_tau"],
+                        "calibration_s": calibration.wall_s <= BARS["calibration_s"]}}
+    lines = [f"### Cost model on host-cpu / {a.backend} (calibration: {calibration.method}, "
+             f"{len(calibration.samples)} kernels, {calibration.wall_s:.0f} s)", "",
+             "| group | model | GFLOPs | kernels | predicted ms | measured ms | error |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['group']} | {r['model']} | {r['gflops']:.2f} | {r['kernels']} | {r['predicted_ms']:.2f} | "
+              f"{r['measured_ms']:.2f} | {r['error_pct']:+.1f}% |" for r in rows]
+    lines += ["", f"held-out zoo models within ±10%: {within * 100:.0f}% ({len(held)} models; bar 80%) — "
+              f"{'PASS' if summary['bars']['within_10pct'] else 'FAIL'}",
+              f"Kendall tau over {len(var)} ResNet-18 variants: {tau:.3f} (bar 0.85) — "
+              f"{'PASS' if summary['bars']['kendall_tau'] else 'FAIL'}",
+              f"calibration wall time: {calibration.wall_s:.0f} s (bar 600 s) — "
+              f"{'PASS' if summary['bars']['calibration_s'] else 'FAIL'}"]
+    print("\n".join(lines))
+    if a.markdown:
+        a.markdown.write_text("\n".join(lines) + "\n")
+    if a.json:
+        a.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
