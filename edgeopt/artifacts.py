@@ -86,7 +86,7 @@ def write_report(folder: Path, request: Any, target: Any, pipeline: Any, emitted
 
 
 def write_manifest(folder: Path, source: Path, input_model: ir.Model, model: ir.Model, target: Any,
-                   emitted: Any, final: Comparison) -> dict[str, Any]:
+                   emitted: Any, final: Comparison, predicted_latency_ms: float | None = None) -> dict[str, Any]:
     """Written last: it hashes every other file in the folder."""
     artifact = emitted.artifact
     files = {
@@ -116,7 +116,7 @@ def write_manifest(folder: Path, source: Path, input_model: ir.Model, model: ir.
             "params": parameter_count(model),
             "model_size_mb": round(size / 2**20, 4),
             "latency_ms": emitted.latency_ms,
-            "predicted_latency_ms": None,  # filled once the target has a cost model
+            "predicted_latency_ms": predicted_latency_ms,  # the target's CostModel, same backend
             "max_abs_error": final.max_abs,
             "max_rel_error": final.max_rel,
             "cosine": final.cosine,

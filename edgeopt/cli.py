@@ -60,6 +60,19 @@ PluginOption = Annotated[
 ]
 
 
+def _key_values(items: list[str], flag: str) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; a word without '=' is a one-line error."""
+    from edgeopt.ir.errors import UserError
+
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} '{item}': expected KEY=VALUE")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
 @app.command("compile")
 def compile_command(
     model: Annotated[Path, typer.Argument(help="The ONNX model to compile.")],
@@ -74,7 +87,11 @@ def compile_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: "
                                              "<model>.<target>.edgeopt next to the model).")] = None,
     backend: Annotated[str | None, typer.Option("--backend", help="Override the target's default "
-                                                "backend.")] = None,
+                                                "backend (onnxruntime, openvino, tvm, tensorrt; 'auto': "
+                                                "TVM only where it measures faster than ONNX Runtime).")] = None,
+    backend_option: Annotated[list[str] | None, typer.Option(
+        "--backend-option", help="KEY=VALUE over the target's [backend_options.<backend>] (repeatable), "
+                                 "e.g. trials=2000 for tvm, compress_to_fp16=true for openvino.")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="After each pass, compare outputs with "
                                          "the input model; roll back a pass that breaks them.")] = False,
     plugin: PluginOption = None,
@@ -90,6 +107,7 @@ def compile_command(
     names = set(print_after or [])
     request = CompileRequest(
         model=model, target=target, passes=passes, config=config, out=out, backend=backend,
+        backend_options=_key_values(backend_option or [], "--backend-option"),
         verify=verify, plugins=list(plugin or []), print_after=names - {"all"} or None,
         print_after_all="all" in names, reproducer_dir=reproducers, measure=not no_measure,
     )
@@ -100,7 +118,7 @@ def compile_command(
     summary = (f"nodes {metrics['nodes_before']} → {metrics['nodes_after']}, "
                f"max abs error {metrics['max_abs_error']:.2e}")
     if metrics.get("latency_ms") is not None:
-        summary += f", ORT latency {metrics['latency_ms']:.2f} ms"
+        summary += f", {result.report['backend']} latency {metrics['latency_ms']:.2f} ms"
     console.print(f"{summary}, compile {result.seconds:.2f} s")
     files = ", ".join([*sorted(result.manifest["files"]), "manifest.json"])
     console.print(f"wrote [bold]{escape(str(result.out))}[/] ({files})")

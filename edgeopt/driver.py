@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt.artifacts import write_manifest, write_report
-from edgeopt.ir.errors import UserError
+from edgeopt.ir.errors import TargetError, UserError
 from edgeopt.ir.model_io import load_model
 from edgeopt.ir.reference import ReferenceExecutor, compare_outputs
 from edgeopt.passes import (
@@ -37,6 +37,8 @@ from edgeopt.passes import (
     parse_pipeline,
 )
 from edgeopt.targets import get_emitter, get_target
+from edgeopt.targets.cost import CostModel
+from edgeopt.targets.emitters.select import choose_backend
 
 DEFAULT_PIPELINE = "cleanup,fuse,cleanup"
 
@@ -48,7 +50,8 @@ class CompileRequest:
     passes: str | None = None
     config: Path | None = None
     out: Path | None = None
-    backend: str | None = None
+    backend: str | None = None  # None: the target's default; "auto": TVM only where measured faster
+    backend_options: dict[str, str] = field(default_factory=dict)  # over [backend_options.<backend>]
     verify: bool = False
     plugins: list[Path] = field(default_factory=list)
     print_after: set[str] | None = None
@@ -96,17 +99,16 @@ def compile_model(request: CompileRequest,
     load_plugins(request.plugins)
     target = get_target(request.target)
     backend = request.backend or target.default_backend
-    if backend not in target.backends:
-        raise UserError(f"target '{target.name}' has no backend '{backend}'"
-                        f" (it offers: {', '.join(target.backends)})")
-    emitter = get_emitter(backend)
+    if backend != "auto":
+        emitter = _emitter_for(target, backend, request.backend is None)
     out = Path(request.out) if request.out else default_out(request.model, target.name)
     if out.exists() and not request.force:
         raise UserError(f"{out}: output folder exists (use --force to replace it)")
 
     say(f"loading {request.model}")
     model = load_model(request.model)
-    ctx = PassContext(target=target)
+    # The target's cost model (calibrated when `edgeopt calibrate` saved a file) for passes to query.
+    ctx = PassContext(target=target, cost=CostModel(target, None if backend == "auto" else backend))
     passes = resolve_pipeline(request, ctx)  # bad pass names fail before any heavy work
 
     executor = ReferenceExecutor()
@@ -131,19 +133,41 @@ def compile_model(request: CompileRequest,
         result = PassManager(passes, instruments, ctx).run(model)
         model = result.model
 
+        auto_notes: list[str] = []
+        if backend == "auto":
+            say("measuring onnxruntime and tvm")
+            backend, auto_notes = choose_backend(target, model, inputs, reference, request.backend_options)
+            emitter = _emitter_for(target, backend, False)
         emitter.check(model)
         say(f"emitting for {backend}")
-        emitted = emitter.emit(model, staging, target.backend_options.get(backend, {}))
+        emitted = emitter.emit(model, staging, {**target.backend_options.get(backend, {}), **request.backend_options})
+        emitted.notes[:0] = auto_notes
         final = compare_outputs(reference, executor.run(model, inputs), atol=1e-4, rtol=1e-3)
         emitter.validate(emitted, inputs, reference, measure=request.measure and target.name == "host-cpu")
         seconds = time.perf_counter() - began
         report = write_report(staging, request, target, result, emitted, final, seconds)
-        manifest = write_manifest(staging, request.model, input_model, model, target, emitted, final)
+        cost = ctx.cost if ctx.cost.backend == backend else CostModel(target, backend)  # "auto" picked another
+        manifest = write_manifest(staging, request.model, input_model, model, target, emitted, final,
+                                  predicted_latency_ms=cost.latency(model) * 1e3)
         _replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return CompileResult(out, result, manifest, report, time.perf_counter() - began)
+
+
+def _emitter_for(target: Any, backend: str, is_default: bool) -> Any:
+    if backend not in target.backends:
+        raise UserError(f"target '{target.name}' has no backend '{backend}'"
+                        f" (it offers: {', '.join(target.backends)})")
+    try:
+        return get_emitter(backend)
+    except TargetError as error:
+        if not is_default:
+            raise
+        others = [b for b in target.backends if b != backend]
+        raise TargetError(f"target '{target.name}' defaults to backend '{backend}', which edgeopt cannot emit"
+                          f" yet; pick --backend {' or '.join(others) or 'onnxruntime'}") from error
 
 
 def _replace_folder(staging: Path, out: Path) -> None:

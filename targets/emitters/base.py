@@ -8,7 +8,9 @@ installed.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeopt.ir.errors import TargetError, UserError
+from edgeopt.passes.options import NoOptions, convert
 
 
 @dataclass
@@ -35,6 +38,11 @@ class Emitter:
 
     backend: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions  # a dataclass; filled from [backend_options.<backend>]
+
+    def options(self, raw: Mapping[str, Any]) -> Any:
+        """``raw`` (target file values or ``--backend-option`` text) as this emitter's Options."""
+        return build_emitter_options(self.backend, self.Options, raw)
 
     def unsupported_ops(self, model: ir.Model) -> list[str]:
         """Op types (domain::op for custom domains) this backend cannot run; [] if all are fine."""
@@ -52,8 +60,30 @@ class Emitter:
         raise NotImplementedError
 
     def validate(self, result: EmitResult, inputs: Mapping[str, np.ndarray],
-                 reference: Mapping[str, np.ndarray]) -> None:
-        """Run the artifact on ``inputs`` and record its agreement with ``reference``."""
+                 reference: Mapping[str, np.ndarray], *, measure: bool = True) -> None:
+        """Run the artifact on ``inputs`` and record its agreement with ``reference``.
+
+        Backends that cannot run here leave ``result.validation`` as None and add a note.
+        """
+
+
+def build_emitter_options(backend: str, options_type: type, raw: Mapping[str, Any]) -> Any:
+    """Instantiate an emitter's Options dataclass; an unknown key or bad value is a one-line error."""
+    if not dataclasses.is_dataclass(options_type):
+        return options_type()
+    hints = typing.get_type_hints(options_type)
+    fields = {f.name for f in dataclasses.fields(options_type)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            raise UserError(f"backend '{backend}': unknown option '{key}' (known: {known})")
+        try:
+            values[name] = convert(value, hints[name])
+        except ValueError as error:
+            raise UserError(f"backend '{backend}': option '{key}={value}': {error}") from None
+    return options_type(**values)
 
 
 _EMITTERS: dict[str, type[Emitter]] = {}
@@ -69,7 +99,10 @@ def register_emitter(backend: str) -> Callable[[type[Emitter]], type[Emitter]]:
 
 
 def _ensure_builtins() -> None:
-    import edgeopt.targets.emitters.onnxruntime  # noqa: F401
+    import edgeopt.targets.emitters.onnxruntime
+    import edgeopt.targets.emitters.openvino
+    import edgeopt.targets.emitters.tensorrt
+    import edgeopt.targets.emitters.tvm  # noqa: F401
 
 
 def registered_emitters() -> dict[str, type[Emitter]]:

@@ -1,0 +1,249 @@
+"""TVM emitter: Relax ONNX import, MetaSchedule-tuned build, exported library, Relax VM validation.
+
+Steps: edgeopt's ``cleanup`` first (TVM 0.27's ONNX frontend rejects Reshape targets computed
+at run time; folded, they import), ``tvm.relax.frontend.onnx.from_onnx`` with symbolic dims
+bound (batch 1), the CPU/GPU legalization and fusion TVM's pipeline does, then the schedules:
+MetaSchedule records from the tuning database for this target and model (tuning more when the
+budget asks and the code runs here), DLight's default rules for what has no record, and
+``tvm.compile``. The library is exported as ``model.so`` (a cross compiler links aarch64
+builds; without one a ``model.tar`` of objects is written for linking on the device).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from edgeopt.ir.errors import UserError
+from edgeopt.passes import PassContext, get_pass
+from edgeopt.passes.options import option
+from edgeopt.targets.emitters import tvm_tuning
+from edgeopt.targets.emitters.base import EmitResult, Emitter, register_emitter
+from edgeopt.targets.emitters.common import by_position, compare, is_quantized, onnx_bytes, op_name, time_call
+
+CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-gcc", "arm": "arm-linux-gnueabihf-gcc"}
+
+
+@dataclass
+class TvmOptions:
+    target: str = option("llvm -mcpu=native", help="TVM target, CLI form: llvm -mtriple=… -mcpu=…, cuda -arch=sm_87")
+    host: str = option("", help="host target of a GPU build (the CPU that drives it)")
+    trials: int = option(0, help="MetaSchedule trial budget for this compile (0: database records + defaults)")
+    trials_per_task: int = option(0, help="trial cap per tuning task (0: budget / tasks, at least 32)")
+    num_cores: int = option(0, help="cores the tuned code uses (0: this machine's, for host builds)")
+    cross_compiler: str = option("", help="C compiler that links a cross build (default: <triple>-gcc)")
+
+
+@register_emitter("tvm")
+class TvmEmitter(Emitter):
+    """TVM Relax library (.so) built for the target, tuned with MetaSchedule."""
+
+    description = "TVM Relax library (.so), MetaSchedule-tuned"
+    Options = TvmOptions
+
+    def __init__(self) -> None:
+        self._executable: Any = None  # the build, when it runs here
+        self._prepared: Any = None  # the imported module, for a host build when it does not
+        self._payload: bytes | None = None
+        self._quantized = False
+        self._input_names: list[str] = []
+
+    def unsupported_ops(self, model: ir.Model) -> list[str]:
+        from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+        # The frontend's own converter table (If is converted outside it); it raises only
+        # after parsing the graph, so the table is checked here up front.
+        known = set(_get_convert_map()) | {"If", "Constant"}
+        missing = set()
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            if node.domain not in ("", "ai.onnx") or node.op_type not in known:
+                missing.add(op_name(node))
+        return sorted(missing)
+
+    def emit(self, model: ir.Model, folder: Path, options: Mapping[str, Any]) -> EmitResult:
+        import tvm
+        from tvm import relax
+
+        opts: TvmOptions = self.options(options)
+        spec = tvm_tuning.parse_target(opts.target, opts.host, opts.num_cores)
+        notes: list[str] = []
+        if spec["kind"] == "cuda" and shutil.which("nvcc") is None:
+            # TVM compiles CUDA kernels with nvcc; without it the target's host CPU is built.
+            if not opts.host:
+                raise UserError(f"backend 'tvm': target '{opts.target}' needs nvcc (CUDA toolkit) on PATH")
+            notes.append(f"nvcc not found: built for the host CPU ({opts.host}) instead of {opts.target}")
+            spec = tvm_tuning.parse_target(opts.host, num_cores=opts.num_cores)
+        target = tvm.target.Target(spec)
+
+        clean = model.clone()
+        cleanup = get_pass("cleanup")
+        cleanup(cleanup.Options(), PassContext()).run(clean, PassContext())
+        payload = onnx_bytes(clean)
+        if payload is None:
+            raise UserError("backend 'tvm': models above 2 GB are not supported by the Relax ONNX importer")
+        shapes = _bound_shapes(clean)
+        self._input_names = list(shapes)
+        mod = _import(payload, shapes)
+        self._prepared, self._payload, self._quantized = mod, payload, is_quantized(model)
+
+        work = tvm_tuning.cache_root() / tvm_tuning.target_slug(spec) / tvm_tuning.model_hash(payload, shapes)
+        with target:
+            prepared = tvm.transform.Sequential([
+                *relax.pipeline.library_dispatch_passes(target), *relax.pipeline.legalize_passes(target),
+            ])(mod)
+        record = tvm_tuning.TuningRecord.load(work)
+        if opts.trials > record.trials:
+            if tvm_tuning.runs_here(spec):
+                asked, seconds, tasks = tvm_tuning.tune(prepared, target, work, opts.trials - record.trials,
+                                                        opts.trials_per_task)
+                record = tvm_tuning.TuningRecord(record.trials + asked, record.seconds + seconds, tasks)
+                record.save(work, spec)
+                notes.append(f"tuned {asked} MetaSchedule trials over {tasks} tasks in {seconds:.0f} s")
+            else:
+                notes.append("tuning needs the target CPU; build it there (records copied into"
+                             f" {work} are applied here)")
+        elif record.trials:
+            notes.append(f"reused {record.trials} tuning trials from {work}")
+        tuned = tvm_tuning.has_records(work)
+        executable = _build(prepared, target, work if tuned else None)
+        notes.append(f"schedules: {'MetaSchedule records + ' if tuned else ''}DLight defaults;"
+                     f" input shapes {shapes}")
+
+        folder.mkdir(parents=True, exist_ok=True)
+        artifact, export_note = _export(executable, spec, folder, opts.cross_compiler)
+        if export_note:
+            notes.append(export_note)
+        config = {"library": artifact.name, "target": spec, "input_shapes": shapes, "tvm_version": tvm.__version__,
+                  "tuning": {"database": str(work), "trials": record.trials, "seconds": round(record.seconds, 1)},
+                  "load": "ex = tvm.runtime.load_module('model.so'); vm = tvm.relax.VirtualMachine(ex, tvm.cpu())"}
+        config_path = folder / "tvm_config.json"
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        self._executable = executable if tvm_tuning.runs_here(spec) else None
+        return EmitResult("tvm", artifact, files=[artifact, config_path], notes=notes)
+
+    def validate(self, result: EmitResult, inputs: Mapping[str, np.ndarray],
+                 reference: Mapping[str, np.ndarray], *, measure: bool = True) -> None:
+        import tvm
+        from tvm import relax
+
+        executable = self._executable
+        if executable is None:
+            # A cross or GPU build cannot run here: the same Relax module is built for this
+            # CPU with default schedules and checked instead (the frontend and lowering are shared).
+            host = tvm.target.Target(tvm_tuning.parse_target("llvm -mcpu=native"))
+            with host:
+                prepared = tvm.transform.Sequential([
+                    *relax.pipeline.library_dispatch_passes(host), *relax.pipeline.legalize_passes(host),
+                ])(self._prepared)
+            executable = _build(prepared, host, None)
+            result.notes.append("validated a build of the same module for this CPU")
+        vm = relax.VirtualMachine(executable, tvm.cpu())
+        args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[name])) for name in self._input_names]
+        try:
+            outputs = _flatten(vm["main"](*args))
+        except Exception as error:
+            raise UserError(f"backend 'tvm': Relax VM run failed: {str(error).strip().splitlines()[-1]}") from None
+        result.validation = compare(reference, by_position(reference, outputs), reduced=self._quantized)
+        if measure and self._executable is not None:
+            result.latency_ms = time_call(lambda: vm["main"](*args))
+            result.validation["onnxruntime_latency_ms"] = _ort_latency(self._payload, inputs)
+            result.notes.append(f"latency here: TVM {result.latency_ms:.2f} ms,"
+                                f" ONNX Runtime {result.validation['onnxruntime_latency_ms']:.2f} ms")
+
+
+def _bound_shapes(model: ir.Model) -> dict[str, list[int]]:
+    """Static input shapes for the importer: symbolic dims (batch, sequence) bound to 1."""
+    initializers = set(model.graph.initializers)
+    shapes = {}
+    for value in model.graph.inputs:
+        if value.name in initializers:
+            continue
+        if value.shape is None:
+            raise UserError(f"backend 'tvm': graph input '{value.name}' has no shape")
+        shapes[value.name] = [d if isinstance(d, int) else 1 for d in value.shape]
+    return shapes
+
+
+def _import(payload: bytes, shapes: dict[str, list[int]]) -> Any:
+    import onnx
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        mod = from_onnx(onnx.load_from_string(payload), shape_dict=shapes, keep_params_in_input=False)
+    except Exception as error:
+        lines = [line for line in str(error).strip().splitlines() if line.strip()]
+        raise UserError(f"backend 'tvm': Relax ONNX import failed: {lines[-1] if lines else type(error).__name__}"
+                        ) from None
+    return relax.transform.DecomposeOpsForInference()(mod)
+
+
+def _build(prepared: Any, target: Any, database_dir: Path | None) -> Any:
+    """Apply tuning records (if any), DLight defaults for the rest, and compile."""
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import dlight as dl
+    from tvm.s_tir import meta_schedule as ms
+
+    mod = prepared
+    with target:
+        if database_dir is not None:
+            with ms.database.JSONDatabase(work_dir=str(database_dir)):
+                mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        if target.kind.name == "cuda":
+            rules = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+                     dl.gpu.Fallback()]
+        else:
+            rules = [dl.cpu.GEMV(), dl.cpu.Reduction()]
+        mod = dl.ApplyDefaultSchedule(*rules)(mod)
+    try:
+        return tvm.compile(mod, target=target)
+    except Exception as error:
+        lines = [line for line in str(error).strip().splitlines() if line.strip()]
+        raise UserError(f"backend 'tvm': build failed: {lines[-1] if lines else type(error).__name__}") from None
+
+
+def _export(executable: Any, spec: dict[str, Any], folder: Path, cross_compiler: str) -> tuple[Path, str]:
+    from tvm.support import cc
+
+    cpu = spec.get("host", spec) if spec["kind"] == "cuda" else spec
+    triple = str(cpu.get("mtriple", ""))
+    if not triple or tvm_tuning.runs_here({"kind": "llvm", "mtriple": triple}):
+        path = folder / "model.so"
+        executable.export_library(str(path))
+        return path, ""
+    compiler = cross_compiler or CROSS_COMPILERS.get(triple.split("-")[0], f"{triple}-gcc")
+    if shutil.which(compiler):
+        path = folder / "model.so"
+        executable.export_library(str(path), fcompile=cc.cross_compiler(compiler))
+        return path, f"linked with {compiler}"
+    path = folder / "model.tar"
+    executable.export_library(str(path))
+    return path, (f"{compiler} not found: wrote object files (model.tar) to link on the device with"
+                  " `gcc -shared -o model.so *.o`; or install it (apt-get install gcc-aarch64-linux-gnu)")
+
+
+def _flatten(value: Any) -> list[np.ndarray]:
+    if hasattr(value, "numpy"):
+        return [value.numpy()]
+    return [array for item in value for array in _flatten(item)]
+
+
+def _ort_latency(payload: bytes | None, inputs: Mapping[str, np.ndarray]) -> float:
+    """ONNX Runtime's latency on the same (cleaned) model, for the report's comparison."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    feeds = {k: v for k, v in inputs.items() if k in names}
+    return time_call(lambda: session.run(None, feeds))

@@ -1,0 +1,161 @@
+"""TVM emitter: Relax import after cleanup, build, Relax VM run against the reference, tuning records."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeopt.ir.errors import UserError
+from edgeopt.ir.model_io import load_model
+from edgeopt.ir.reference import ReferenceExecutor
+from edgeopt.targets import get_emitter
+from tests.conftest import run_edgeopt
+from tools.zoo import build
+
+pytest.importorskip("tvm")
+
+from edgeopt.targets.emitters import tvm_tuning
+
+
+@pytest.fixture(scope="module")
+def paddle_resnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # The Paddle-style export computes Reshape targets at run time: it imports only after cleanup.
+    return build("resnet18_paddle", tmp_path_factory.mktemp("zoo"), size="small")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def emit_and_validate(path: Path, folder: Path, options: dict | None = None):
+    model = load_model(path)
+    executor = ReferenceExecutor()
+    inputs = executor.generate_inputs(model)
+    reference = executor.run(model, inputs)
+    emitter = get_emitter("tvm")
+    emitter.check(model)
+    result = emitter.emit(model, folder, options or {})
+    emitter.validate(result, inputs, reference, measure=True)
+    return result
+
+
+def matmul_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], [weight, bias])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_tvm_build_runs_in_relax_vm_and_matches_reference(paddle_resnet: Path, tmp_path: Path) -> None:
+    result = emit_and_validate(paddle_resnet, tmp_path)
+    assert result.artifact == tmp_path / "model.so"
+    assert result.artifact.read_bytes()[:4] == b"\x7fELF"
+    assert result.validation["ok"] and result.validation["max_abs"] <= 1e-4
+    assert result.latency_ms > 0 and result.validation["onnxruntime_latency_ms"] > 0
+    config = json.loads((tmp_path / "tvm_config.json").read_text())
+    assert config["target"]["kind"] == "llvm" and config["target"]["mcpu"] != "native"
+    assert config["input_shapes"] == {"images": [1, 3, 32, 32]}
+
+
+def test_exported_library_loads_and_runs(paddle_resnet: Path, tmp_path: Path) -> None:
+    import tvm
+    from tvm import relax
+
+    emit_and_validate(paddle_resnet, tmp_path)
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(tmp_path / "model.so")), tvm.cpu())
+    image = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    out = vm["main"](tvm.runtime.tensor(image)).numpy()
+    expected = ReferenceExecutor().run(load_model(paddle_resnet), {"images": image})
+    np.testing.assert_allclose(out, next(iter(expected.values())), atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.slow  # MetaSchedule tuning: minutes on 2 cores
+def test_tuning_records_are_kept_and_reused(tmp_path: Path, private_cache: Path) -> None:
+    path = tmp_path / "mm.onnx"
+    onnx.save(matmul_model(), str(path))
+    first = emit_and_validate(path, tmp_path / "a", {"trials": 8, "trials_per_task": 8})
+    assert any("tuned 8 MetaSchedule trials" in note for note in first.notes), first.notes
+    records = list(private_cache.glob("tvm/*/*/database_tuning_record.json"))
+    assert len(records) == 1 and records[0].stat().st_size > 0
+    assert json.loads((records[0].parent / "edgeopt_tuning.json").read_text())["trials"] == 8
+    second = emit_and_validate(path, tmp_path / "b", {"trials": 8})
+    assert any("reused 8 tuning trials" in note for note in second.notes), second.notes
+    assert second.validation["ok"]
+
+
+def test_loop_model_gets_one_line_error_naming_the_op(tmp_path: Path) -> None:
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["acc", "acc"], ["next"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("acc", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("next", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "", "x"], ["y"], name="loop", body=body)], "loop_model",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor("trips", TensorProto.INT64, [], [3])])
+    path = tmp_path / "loop.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    for backend in ("tvm", "openvino"):
+        with pytest.raises(UserError, match=rf"backend '{backend}' cannot run op\(s\) Loop;"):
+            get_emitter(backend).check(load_model(path))
+
+
+def test_target_strings_become_tvm_target_dicts() -> None:
+    spec = tvm_tuning.parse_target("llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a76 -mattr=+neon,+dotprod")
+    assert spec == {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76",
+                    "mattr": ["+neon", "+dotprod"]}
+    gpu = tvm_tuning.parse_target("cuda -arch=sm_87", host="llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a78")
+    assert gpu["arch"] == "sm_87" and gpu["host"]["mcpu"] == "cortex-a78"
+    assert not tvm_tuning.runs_here(spec)
+    native = tvm_tuning.parse_target("llvm -mcpu=native")
+    assert tvm_tuning.runs_here(native) and native["num-cores"] >= 1
+    with pytest.raises(UserError, match="bad target option 'mcpu'"):
+        tvm_tuning.parse_target("llvm mcpu")
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None,
+                    reason="optional cross compiler: apt-get install gcc-aarch64-linux-gnu")
+def test_raspberry_pi_cross_build_links_an_aarch64_library(paddle_resnet: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_edgeopt("compile", paddle_resnet, "--target", "raspberry-pi-5", "--backend", "tvm", "-o", out)
+    assert result.code == 0, result.stderr
+    header = (out / "model.so").read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+    report = json.loads((out / "report.json").read_text())
+    assert report["validation"]["ok"]  # a build for this CPU of the same module was run
+    assert any("validated a build of the same module" in note for note in report["emitter_notes"])
+
+
+def test_cli_backend_tvm_on_host(paddle_resnet: Path, tmp_path: Path) -> None:
+    result = run_edgeopt("compile", paddle_resnet, "--backend", "tvm", "-o", tmp_path / "out",
+                         env={"EDGEOPT_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.code == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["backend"] == "tvm" and report["validation"]["max_abs"] <= 1e-4
+    assert report["validation"]["onnxruntime_latency_ms"] > 0
+
+
+def test_cli_backend_auto_picks_the_faster_measured_backend(paddle_resnet: Path, tmp_path: Path) -> None:
+    result = run_edgeopt("compile", paddle_resnet, "--backend", "auto", "-o", tmp_path / "out",
+                         env={"EDGEOPT_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.code == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    picked = next(note for note in report["emitter_notes"] if note.startswith("auto: picked"))
+    assert picked.startswith(f"auto: picked {report['backend']}")
+    times = dict(part.rsplit(" ", 2)[:2] for part in picked.split("(")[1].rstrip(")").split(", "))
+    faster = min(times, key=lambda name: float(times[name]))
+    assert report["backend"] == faster
