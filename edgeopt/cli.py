@@ -8,6 +8,7 @@ errors into exit codes.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import traceback
 from collections import Counter
@@ -193,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, mapping errors to one line and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    # Claim the root logger first: libraries that call logging.basicConfig(level=INFO) on import
+    # (onnxruntime.quantization does) would otherwise print their INFO lines into our output.
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         # Standalone mode: typer reports its own usage errors (exit 2) and exits
         # via SystemExit; our errors and bugs propagate to the handlers below.

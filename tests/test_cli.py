@@ -34,6 +34,7 @@ def test_compile_writes_model_manifest_and_report(tmp_path: Path, example_model:
     assert fuse["counts"] == {"conv-bn": 4}
     # The table is printed, and the written model agrees with the original.
     assert "fuse" in result.stdout and "conv-bn" in result.stdout
+    assert "[INFO]" not in result.stdout + result.stderr  # no library log noise in our output
     original, optimized = load_model(example_model), load_model(out / "model.onnx")
     executor = ReferenceExecutor()
     feeds = executor.generate_inputs(original, bindings={"batch": 3})

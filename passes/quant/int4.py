@@ -23,8 +23,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx import version_converter
-from onnxruntime.quantization import QuantFormat
-from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
 from edgeopt.ir.errors import PipelineError
 from edgeopt.passes.base import Pass, PassContext, PassResult
@@ -98,6 +96,11 @@ def quantize_int4(model: ir.Model, block_size: int = 32, symmetric: bool = True,
     if fmt == "qdq" and onnx_opset < 21:
         proto = version_converter.convert_version(proto, 21)
     include = None if only is None else [n for n in only]
+    # Imported here: that module calls logging.basicConfig(level=INFO) on import, which would
+    # flood every edgeopt command with onnx-ir/onnxscript INFO lines.
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
     quantizer = MatMulNBitsQuantizer(proto, block_size=block_size, is_symmetric=symmetric,
                                      nodes_to_exclude=small, nodes_to_include=include,
                                      quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
