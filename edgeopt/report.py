@@ -12,7 +12,14 @@ from rich.table import Table
 def _delta(before: int, after: int) -> str:
     if before == after:
         return f"{after:,}"
-    return f"{before:,} → {after:,} ({after - before:+,})"
+    return f"{after:,} ({after - before:+,})"
+
+
+def _bytes_delta(before: int, after: int) -> str:
+    if before == after:
+        return _bytes(after)
+    sign = "+" if after > before else "-"
+    return f"{_bytes(after)} ({sign}{_bytes(abs(after - before))})"
 
 
 def _bytes(count: int) -> str:
@@ -29,23 +36,26 @@ _STATUS_STYLE = {"applied": "green", "unchanged": "dim", "rolled back": "yellow"
 
 def pass_table(records: Iterable[Any], title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("step", "status", "time", "nodes", "params", "weights", "changes"):
-        table.add_column(column, justify="right" if column in ("time",) else "left")
+    for column in ("step", "status", "time", "nodes", "params", "weights"):
+        table.add_column(column, justify="right" if column in ("time",) else "left",
+                         no_wrap=column in ("status", "time"))
+    # One change per line, folded rather than cut with "…": in an 80-column terminal the counts are the point.
+    table.add_column("changes", overflow="fold")
     for record in records:
         before, after = record.before, record.after or record.before
-        changes = ", ".join(f"{k}={v}" for k, v in record.counts.items())
+        lines = [f"{k}={v}" for k, v in record.counts.items()]
         if record.reason:
-            changes = f"{changes}; {record.reason}" if changes else record.reason
+            lines.append(record.reason)
         if record.verify is not None and "max_abs" in record.verify:
-            changes += f"{'; ' if changes else ''}verify max abs {record.verify['max_abs']:.1e}"
+            lines.append(f"verify max abs {record.verify['max_abs']:.1e}")
+        changes = "\n".join(lines)
         style = _STATUS_STYLE.get(record.status, "")
         table.add_row(
             escape(record.step), f"[{style}]{record.status}[/]" if style else record.status,
             f"{record.seconds * 1000:.1f} ms",
-            _delta(before.nodes, after.nodes) if before else "",
+            (f"{before.nodes} → {after.nodes}" if before.nodes != after.nodes else str(after.nodes)) if before else "",
             _delta(before.params, after.params) if before else "",
-            f"{_bytes(before.bytes)} → {_bytes(after.bytes)}" if before and before.bytes != after.bytes
-            else (_bytes(after.bytes) if after else ""),
+            _bytes_delta(before.bytes, after.bytes) if before else "",
             escape(changes),
         )
     return table
