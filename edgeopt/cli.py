@@ -121,6 +121,12 @@ def compile_command(
     if metrics.get("latency_ms") is not None:
         summary += f", {result.report['backend']} latency {metrics['latency_ms']:.2f} ms"
     console.print(f"{summary}, compile {result.seconds:.2f} s")
+    # Warnings passes put in their notes (e.g. quantization calibrated on generated data) must
+    # not hide in report.json.
+    for record in result.pipeline.records:
+        for note in record.notes:
+            if note.upper().startswith("WARNING"):
+                errors.print(f"[yellow]warning[/] ({escape(record.step)}): {escape(note.split(':', 1)[-1].strip())}")
     files = ", ".join([*sorted(result.manifest["files"]), "manifest.json"])
     console.print(f"wrote [bold]{escape(str(result.out))}[/] ({files})")
 

@@ -144,3 +144,14 @@ def test_failing_pass_reports_its_reproducer(tmp_path: Path, example_model: Path
     assert f"reproducer written to {tmp_path / 'repro' / 'crash-on-gemm-0'}" in result.stderr
     assert (tmp_path / "repro" / "crash-on-gemm-0" / "model.onnx").is_file()
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_quantizing_on_generated_data_warns_on_the_terminal(tmp_path: Path, example_model: Path) -> None:
+    out = tmp_path / "q"
+    result = run_edgeopt("compile", example_model, "-o", out, "--no-measure",
+                         "--passes", "cleanup,fuse,quantize{precision=int8,samples=8},cleanup")
+    assert result.code == 0, result.stderr
+    assert "warning (quantize{samples=8}): no calibration data given" in " ".join(result.stderr.split())
+    report = json.loads((out / "report.json").read_text())
+    quantize = next(r for r in report["passes"] if r["name"] == "quantize")
+    assert any(note.startswith("WARNING") for note in quantize["notes"])
