@@ -240,3 +240,55 @@ def test_bad_options_are_one_line_errors(bad: str) -> None:
     with pytest.raises(PipelineError) as error:
         instantiate(parse_pipeline(bad), PassContext())
     assert "\n" not in str(error.value)
+
+
+def test_castlike_keeps_saturate_zero(tmp_path: Path) -> None:
+    # onnxscript's folder turns CastLike into a Cast without attributes; saturate=0 must survive
+    # (found by the onnx node test castlike_no_saturate_FLOAT_to_FLOAT8E5M2).
+    from onnx.reference import ReferenceEvaluator
+
+    nodes = [helper.make_node("CastLike", ["x", "like"], ["y"], saturate=0)]
+    proto = make(nodes, [helper.make_tensor_value_info("x", F, [3]),
+                         helper.make_tensor_value_info("like", TensorProto.FLOAT8E5M2, [0])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT8E5M2, [3])], opset=19)
+    _, optimized, _ = optimize(proto, "cleanup", tmp_path)
+    feeds = {"x": np.array([1e6, -1e6, 1.5], np.float32), "like": numpy_helper.to_array(
+        helper.make_tensor("like", TensorProto.FLOAT8E5M2, [0], []))}
+    expected = ReferenceEvaluator(proto).run(None, feeds)[0].astype(np.float32)
+    got = ReferenceEvaluator(ir.serde.serialize_model(optimized)).run(None, feeds)[0].astype(np.float32)
+    assert np.isinf(expected[:2]).all()  # not saturated to the float8 max
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_shape_analysis_keeps_sequence_types(tmp_path: Path) -> None:
+    # An untyped SequenceConstruct output once came back from shape inference typed as a tensor, and ORT
+    # refused the model (found by the onnx node test if_opt).
+    nodes = [helper.make_node("SequenceConstruct", ["x", "x"], ["s"]),
+             helper.make_node("SequenceAt", ["s", "zero"], ["a"]),
+             helper.make_node("Relu", ["a"], ["y"])]
+    proto = make(nodes, [helper.make_tensor_value_info("x", F, ["N", 3])],
+                 [helper.make_tensor_value_info("y", F, ["N", 3])], [("zero", np.array(0, np.int64))])
+    # simplify-shapes runs the shape analysis and cannot remove the sequence (cleanup's folder would).
+    original, optimized, _ = optimize(proto, "simplify-shapes", tmp_path)
+    sequence = next(node for node in optimized.graph if node.op_type == "SequenceConstruct").outputs[0]
+    assert isinstance(sequence.type, ir.SequenceType)
+    assert_same(original, optimized)
+
+
+def test_fold_constants_survives_a_partial_evaluator_failure(tmp_path: Path) -> None:
+    # onnxscript's SplitToSequence evaluator raises on a scalar split that is a graph input (onnx node
+    # test split_to_sequence_1); the node must stay computed, not fail the pipeline.
+    nodes = [helper.make_node("SplitToSequence", ["x", "split"], ["s"], axis=1),
+             helper.make_node("SequenceAt", ["s", "zero"], ["y"])]
+    proto = make(nodes, [helper.make_tensor_value_info("x", F, ["N", 6]),
+                         helper.make_tensor_value_info("split", TensorProto.INT64, [])],
+                 [helper.make_tensor_value_info("y", F, ["N", None])], [("zero", np.array(0, np.int64))])
+    _, optimized, _ = optimize(proto, "cleanup", tmp_path)
+    assert "SplitToSequence" in ops(optimized)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(ir.serde.serialize_model(optimized).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    (y,) = session.run(None, {"x": x, "split": np.array(4, np.int64)})
+    np.testing.assert_array_equal(y, x[:, :4])

@@ -5,14 +5,16 @@ model + inputs + expected outputs computed by onnx); the prebuilt
 ``data/node/*/model.onnx`` files are used when present, else the same cases
 are taken from the definitions. For each case the model is written, loaded
 with edgeopt's loader, run through the default pipeline, and the optimized
-model is run in ONNX Runtime against the expected outputs. Outcomes:
+model is run in ONNX Runtime (onnx's reference evaluator where ORT cannot
+run the original) against the expected outputs. Outcomes:
 
 - unchanged: nothing to optimize, ORT runs it;
 - optimized: rewritten and still matching (the expected outputs, or ORT's
   run of the original where ORT itself disagrees with onnx's expectation);
 - rejected: a clear UserError (opset out of range, invalid graph...);
-- not comparable: ORT cannot run the original (or the data is not tensors,
-  or the op is random), so only "no crash" is checked;
+- not comparable: neither runtime runs the original (or the input data is not
+  tensors or sequences of tensors, or the op is random), so only "no crash"
+  is checked;
 - wrong / crash: the bar is zero of each.
 
 The default run takes every 10th case (deterministic); ``-m slow`` runs all.
@@ -32,6 +34,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from edgeopt.driver import DEFAULT_PIPELINE
 from edgeopt.ir import UserError, load_model
@@ -80,7 +83,30 @@ def node_cases() -> list[Case]:
     return sorted(cases, key=lambda c: c.name)
 
 
-def _run(model: onnx.ModelProto, inputs: list[object]) -> list[np.ndarray] | None:
+def _as_data(value: object) -> object:
+    """Case data as ORT takes it: arrays, lists of arrays (sequences); None for what it cannot take.
+
+    The case definitions hold numpy scalars (Clip's bounds, CumSum's axis) and
+    TensorProtos (types numpy lacks) as well as arrays; all of them are tensors.
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, np.generic):
+        return np.asarray(value)
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    if isinstance(value, (list, tuple)):
+        items = [_as_data(item) for item in value]
+        return items if all(isinstance(item, np.ndarray) for item in items) else None
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _run_ort(model: onnx.ModelProto, inputs: list[object]) -> tuple[list[np.ndarray] | None, str]:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 4
@@ -89,9 +115,29 @@ def _run(model: onnx.ModelProto, inputs: list[object]) -> list[np.ndarray] | Non
         names = [i.name for i in session.get_inputs()]
         declared = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
         feeds = dict(zip(declared, inputs, strict=False))
-        return session.run(None, {n: feeds[n] for n in names})
-    except Exception:
-        return None
+        return session.run(None, {n: feeds[n] for n in names}), ""
+    except Exception as error:
+        return None, _first_line(error)
+
+
+def _run_reference(model: onnx.ModelProto, inputs: list[object]) -> tuple[list[np.ndarray] | None, str]:
+    """onnx's reference evaluator: it runs what ORT has no kernel for (float8/int4 data, RoiAlign...)."""
+    try:
+        evaluator = ReferenceEvaluator(model)
+        initializers = {t.name for t in model.graph.initializer}
+        declared = [i.name for i in model.graph.input if i.name not in initializers]
+        return list(evaluator.run(None, dict(zip(declared, inputs, strict=False)))), ""
+    except Exception as error:
+        return None, _first_line(error)
+
+
+RUNTIMES: tuple[tuple[str, Callable[[onnx.ModelProto, list[object]], tuple[list[np.ndarray] | None, str]]], ...] = (
+    ("ORT", _run_ort), ("the onnx reference evaluator", _run_reference))
+
+
+def _comparable(array: np.ndarray) -> np.ndarray:
+    """ml_dtypes arrays (float8, int4, bfloat16: numpy kind 'V') as float32, so NaN compares equal to NaN."""
+    return array.astype(np.float32) if array.dtype.kind == "V" else array
 
 
 def _close(expected: object, got: object, rtol: float, atol: float) -> bool:
@@ -100,8 +146,8 @@ def _close(expected: object, got: object, rtol: float, atol: float) -> bool:
                 and all(_close(e, g, rtol, atol) for e, g in zip(expected, got, strict=True)))
     if expected is None or got is None:
         return expected is got
-    expected = np.asarray(expected)
-    got = np.asarray(got)
+    expected = _comparable(np.asarray(expected))
+    got = _comparable(np.asarray(got))
     if expected.shape != got.shape:
         return False
     if expected.dtype.kind in "fc" and got.dtype.kind in "fc":
@@ -113,8 +159,8 @@ def _all_close(expected: list[object], got: list[np.ndarray], rtol: float, atol:
     return len(expected) == len(got) and all(_close(e, g, rtol, atol) for e, g in zip(expected, got, strict=True))
 
 
-def run_case(case: Case, folder: Path) -> str:
-    """Outcome of one case: unchanged | optimized | rejected | not comparable | wrong | crash."""
+def run_case(case: Case, folder: Path) -> tuple[str, str]:
+    """Outcome of one case (unchanged | optimized | rejected | not comparable | wrong | crash) and why."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.onnx"
     original = case.model()
@@ -124,34 +170,44 @@ def run_case(case: Case, folder: Path) -> str:
         ctx = PassContext()
         result = PassManager(instantiate(parse_pipeline(DEFAULT_PIPELINE), ctx), [], ctx).run(model)
         optimized = ir.serde.serialize_model(result.model)
-    except UserError:
-        return "rejected"
-    except Exception:
-        return "crash"
+    except UserError as error:
+        return "rejected", str(error)
+    except Exception as error:
+        return "crash", f"{type(error).__name__}: {error}"
     modified = any(record.modified for record in result.records)
-    inputs, expected = case.inputs(), case.outputs()
-    if any(i is None or not isinstance(i, np.ndarray) for i in inputs):
-        return "not comparable"
-    reference = _run(original, inputs)
-    if reference is None or (again := _run(original, inputs)) is None or not _all_close(reference, again, 0, 0):
-        return "not comparable"  # ORT cannot run it, or the op is random
-    got = _run(optimized, inputs)
+    inputs, expected = [_as_data(i) for i in case.inputs()], [_as_data(o) for o in case.outputs()]
+    if any(i is None for i in inputs):
+        return "not comparable", "input data is neither tensors nor sequences of tensors"
+    # ORT first; where it cannot run the original, onnx's reference evaluator (it made the expected outputs).
+    errors = []
+    for runtime, run in RUNTIMES:
+        reference, error = run(original, inputs)
+        if reference is not None:
+            break
+        errors.append(f"{runtime}: {error}")
+    else:
+        return "not comparable", "no runtime runs the original: " + "; ".join(errors)
+    again, _ = run(original, inputs)
+    if again is None or not _all_close(reference, again, 0, 0):
+        return "not comparable", f"{runtime} gives different results on two runs of the original (random op)"
+    got, error = run(optimized, inputs)
     if got is None:
-        return "wrong"
+        return "wrong", f"{runtime} cannot run the optimized model: {error}"
     expected_ok = _all_close(expected, reference, 1e-3, 1e-5)
     matches = _all_close(expected, got, 1e-3, 1e-5) if expected_ok else _all_close(reference, got, 1e-5, 1e-6)
     if not matches:
-        return "wrong"
-    return "optimized" if modified else "unchanged"
+        return "wrong", "outputs differ"
+    return ("optimized" if modified else "unchanged"), ""
 
 
 def run_suite(cases: list[Case], workdir: Path) -> tuple[Counter[str], dict[str, list[str]]]:
+    """Outcome counts, and per outcome the cases with their reasons (``name: reason``)."""
     counts: Counter[str] = Counter()
     which: dict[str, list[str]] = {}
     for index, case in enumerate(cases):
-        outcome = run_case(case, workdir / f"{index:04d}")
+        outcome, detail = run_case(case, workdir / f"{index:04d}")
         counts[outcome] += 1
-        which.setdefault(outcome, []).append(case.name)
+        which.setdefault(outcome, []).append(f"{case.name}: {detail}" if detail else case.name)
     return counts, which
 
 
@@ -167,6 +223,9 @@ def _check(cases: list[Case], tmp_path: Path) -> None:
     report = _report(counts, which, len(cases))
     print(report)
     assert counts["crash"] == 0 and counts["wrong"] == 0, report
+    # A rejection is only acceptable as a clear one-line error that says what is wrong.
+    unclear = [r for r in which.get("rejected", []) if "\n" in r or not r.split(": ", 1)[-1].strip()]
+    assert not unclear, f"rejections without a one-line message: {unclear[:5]}"
     assert counts["optimized"] > 0 and counts["unchanged"] > 0, report
 
 

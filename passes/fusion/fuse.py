@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
+from onnxscript.rewriter import RewriteRule, RewriteRuleSet
+from onnxscript.rewriter._pattern_ir import NodeOutputPattern
 
 from edgeopt.ir.errors import PipelineError
 from edgeopt.ir.model_io import default_opset
@@ -23,19 +25,57 @@ class FuseOptions:
                                  space=IntRange(1, 16))
 
 
+def _needed_ops(rule: RewriteRule) -> frozenset[tuple[str, str]]:
+    """(domain, op) pairs every match of ``rule`` needs.
+
+    Walked from the pattern's outputs through plain node outputs only: a node
+    behind an alternative (``OrValue``: Mul(d, d) or Pow(d, 2)) is not required.
+    """
+    needed: set[tuple[str, str]] = set()
+    stack = list(rule._target_pattern.outputs)  # onnxscript has no public accessor for a rule's pattern
+    seen: set[int] = set()
+    while stack:
+        value = stack.pop()
+        producer = value.producer() if isinstance(value, NodeOutputPattern) else None
+        if producer is None or id(producer) in seen:
+            continue
+        seen.add(id(producer))
+        identifier = producer.op_identifier()
+        if identifier is not None:
+            needed.add((identifier[0] or "", identifier[1]))
+        stack.extend(v for v in producer.inputs if v is not None)
+    return frozenset(needed)
+
+
+def _ops_in(model: ir.Model) -> set[tuple[str, str]]:
+    ops = {(node.domain, node.op_type) for graph in model.graphs() for node in graph}
+    ops |= {(node.domain, node.op_type) for function in model.functions.values() for node in function}
+    return {("" if domain == "ai.onnx" else domain, op) for domain, op in ops}
+
+
 def apply_fusions(model: ir.Model, fusions: list[FusionRule], max_iterations: int) -> tuple[dict[str, int], int]:
-    """Apply ``fusions`` in order, sweeping until a sweep changes nothing; returns counts and sweeps."""
+    """Apply ``fusions`` in order, sweeping until a sweep changes nothing; returns counts and sweeps.
+
+    Matching costs rules x nodes, and most rules cannot match a given model (no
+    Erf in a CNN, no Conv in BERT), so a rule whose pattern needs an op the
+    model lacks is skipped; the op set is re-read after every change.
+    """
     counts: dict[str, int] = {}
     sweeps = 0
-    rule_sets = [(fusion.name, fusion.rule_set()) for fusion in fusions]
+    rule_sets = [(fusion.name, _needed_ops(rule), RewriteRuleSet([rule], commute=fusion.commute))
+                 for fusion in fusions for rule in fusion.rules]
+    present = _ops_in(model)
     while sweeps < max_iterations:
         sweeps += 1
         changed = 0
-        for name, rule_set in rule_sets:
+        for name, needed, rule_set in rule_sets:
+            if not needed <= present:
+                continue
             applied = rule_set.apply_to_model(model)
             if applied:
                 counts[name] = counts.get(name, 0) + applied
                 changed += applied
+                present = _ops_in(model)
         if not changed:
             break
     if counts:

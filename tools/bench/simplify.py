@@ -1,12 +1,14 @@
 """Simplifier benchmark: edgeopt's default pipeline against onnxsim, OnnxSlim and ORT's basic offline optimizer.
 
-    python -m tools.bench.simplify [--size full|small] [--only a,b] [--out table.md] [--zoo-dir DIR]
+    python -m tools.bench.simplify [--size full|small] [--only a,b] [--repeat N] [--out table.md] [--zoo-dir DIR]
 
 Every zoo model is simplified by each tool in a child process (a peer that
 segfaults shows as "crash", it cannot take the benchmark down), timed from
-load to save. Then each result is compared with the original on the same
-random inputs (batch 2, so a result that froze the batch dim fails), and its
-ORT CPU latency is measured (all ORT optimizations on, one thread, median).
+load to save; each tool runs ``--repeat`` times in fresh processes and the
+median counts, since other work on the machine disturbs single timings.
+Then each result is compared with the original on the same random inputs
+(batch 2, so a result that froze the batch dim fails), and its ORT CPU
+latency is measured (all ORT optimizations on, one thread, median).
 The last column checks edgeopt's row against the bar of issue 4: nodes <= the
 fewest of the peers, outputs within 1e-5 relative, file not larger than the
 original, wall time at most 2x OnnxSlim's.
@@ -167,7 +169,7 @@ def _difference(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tup
 
 
 def bench_model(name: str, size: str, zoo_dir: Path, work: Path, tools: tuple[str, ...], runs: int,
-                timeout: float) -> list[Row]:
+                timeout: float, repeat: int = 1) -> list[Row]:
     from tools.zoo import build, example_inputs  # imported here: the tool child processes need no torch
 
     source = build(name, zoo_dir, size=size)
@@ -179,11 +181,16 @@ def bench_model(name: str, size: str, zoo_dir: Path, work: Path, tools: tuple[st
         rows.append(row)
         target = source if tool == "original" else work / f"{name}-{size}.{tool}.onnx"
         if tool != "original":
-            status, value = run_tool(tool, source, target, timeout)
-            if status != "ok":
-                row.status, row.detail = status, str(value)
+            seconds = []
+            for _ in range(repeat):
+                status, value = run_tool(tool, source, target, timeout)
+                if status != "ok":
+                    row.status, row.detail = status, str(value)
+                    break
+                seconds.append(float(value))
+            if row.status != "ok":
                 continue
-            row.seconds = float(value)
+            row.seconds = statistics.median(seconds)
         proto = onnx.load(str(target), load_external_data=False)
         row.nodes = _node_count(proto.graph)
         row.domains = tuple(sorted({n.domain for n in proto.graph.node} - {"", "ai.onnx"}))
@@ -264,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zoo-dir", type=Path, default=None, help="where zoo models are built/cached")
     parser.add_argument("--out", type=Path, default=None, help="also write the table as markdown here")
     parser.add_argument("--runs", type=int, default=10, help="timed ORT runs per result (median)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="fresh child processes per tool and model; the wall time is their median")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a tool may take per model")
     args = parser.parse_args(argv)
     from tools.zoo import ZOO
@@ -279,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir()
         for name in names:
             print(f"... {name}", file=sys.stderr, flush=True)
-            rows.extend(bench_model(name, args.size, zoo_dir, work, TOOLS, args.runs, args.timeout))
+            rows.extend(bench_model(name, args.size, zoo_dir, work, TOOLS, args.runs, args.timeout,
+                                    max(1, args.repeat)))
     body = table(rows)
     print(render_text(body))
     misses = [r for r in rows if r.tool == "edgeopt" and r.bar]
