@@ -97,7 +97,8 @@ def _measure(spec, cost, path: Path, loaded, bindings: dict[str, int]) -> float:
     if spec.detect != "host":
         raise UserError(f"--compare: target '{spec.name}' is not this machine; only host-cpu can be measured here")
     threads = cost.calibration.threads if cost.calibration is not None else 2
-    runner = make_runner(cost.backend, "cpu", threads, budget_s=1.0)
+    clock = cost.calibration.clock if cost.calibration is not None else "wall"  # measure as calibration did
+    runner = make_runner(cost.backend, "cpu", threads, budget_s=1.0, clock=clock)
     feeds = ReferenceExecutor().generate_inputs(loaded, bindings=bindings)
     return runner.time(path, feeds)
 
@@ -115,6 +116,8 @@ def calibrate_command(
                                          "deployment).")] = 2,
     statistic: Annotated[str, typer.Option("--statistic", help="Per-run time statistic: median, or p25 (lower "
                                            "quartile) on a machine other jobs load.")] = "median",
+    clock: Annotated[str, typer.Option("--clock", help="wall, or cpu: one-thread CPU time, the latency on a core "
+                                       "of its own (steady on a machine other jobs share).")] = "wall",
     import_file: Annotated[Path | None, typer.Option("--import", help="Import a calibration file made on "
                                                      "another machine instead of measuring.")] = None,
     plugin: PluginOption = None,
@@ -147,8 +150,10 @@ def calibrate_command(
 
         if statistic not in ("median", "p25"):
             raise UserError(f"--statistic '{statistic}': expected median or p25")
+        if clock not in ("wall", "cpu"):
+            raise UserError(f"--clock '{clock}': expected wall or cpu")
         result = calibrate(spec, chosen, budget_s=budget_s, quick=quick, threads=threads, progress=report,
-                           statistic=statistic)
+                           statistic=statistic, clock=clock)
     scores = result.validation["heldout"]
     table = Table("method", "held-out mean |log err|", "within ±10%", "MAPE", title="kernel predictors (5-fold)")
     for method, score in scores.items():

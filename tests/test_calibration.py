@@ -179,3 +179,36 @@ def test_gpu_calibration_without_a_gpu_is_one_line(edgeopt_cli) -> None:
     assert result.code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no TensorrtExecutionProvider here" in lines[0]
+
+
+def test_composition_fit_takes_a_bounded_dispatch_credit() -> None:
+    # Networks of many tiny kernels run faster than their lone-kernel times add up to.
+    rows = [(s, n, 5e-5 + 1.0 * s - 3e-6 * n, 0.0) for s, n in
+            ((1e-3, 60), (4e-3, 80), (2e-2, 20), (5e-2, 40), (8e-3, 120))]
+    fitted = fit_composition(rows, 5e-5)
+    assert fitted["scale"] == pytest.approx(1.0, rel=1e-3)
+    assert fitted["per_kernel_s"] == pytest.approx(-3e-6, rel=1e-2)
+    rows = [(s, n, 5e-5 + s - 50e-6 * n, 0.0) for s, n in ((1e-2, 60), (4e-2, 80), (2e-2, 20))]
+    assert fit_composition(rows, 5e-5)["per_kernel_s"] >= -5e-6  # never an unbounded credit
+
+
+def test_cpu_clock_times_one_thread_cpu_and_round_trips(tmp_path: Path) -> None:
+    from edgeopt.ir.errors import UserError
+    from edgeopt.targets.calibration import bench
+    from edgeopt.targets.calibration.runners import make_runner
+
+    runner = make_runner("onnxruntime", "cpu", threads=2, budget_s=0.02, clock="cpu")
+    assert runner.threads == 1  # process CPU time is the latency only for a one-thread run
+    proto, feeds = bench.build(bench.Spec("gemm", {"m": 64, "k": 256, "n": 256}))
+    whole, kernel = runner.time(proto, feeds), runner.kernel_time(proto, feeds)
+    assert 0 < kernel <= whole * 1.5 and whole < 0.05
+    with pytest.raises(UserError, match="clock 'gpu': expected one of wall, cpu"):
+        make_runner("onnxruntime", "cpu", clock="gpu")
+    data = json.loads(_foreign_file(tmp_path).read_text())
+    data["clock"] = "cpu"
+    (tmp_path / "cpu.json").write_text(json.dumps(data))
+    assert read_calibration(tmp_path / "cpu.json").clock == "cpu"
+    data["clock"] = "sundial"
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match="unknown clock 'sundial'"):
+        read_calibration(tmp_path / "bad.json")

@@ -78,11 +78,19 @@ class _Builder:
         self.nodes.append(helper.make_node(op, inputs, outs, name=outs[0], **attrs))
         return outs[0] if outputs == 1 else outs
 
-    def act(self, value: str) -> str:
-        """In int8 mode an activation is quantized (Q -> DQ), as QDQ models carry it."""
+    def act(self, value: str, nonnegative: bool = False) -> str:
+        """In int8 mode an activation is quantized (Q -> DQ), as QDQ models carry it.
+
+        After a Relu/Clip the range starts at 0 and so does the zero point, as a calibrated
+        quantizer sets it: ONNX Runtime then drops the activation into the Q and fuses
+        DQ -> Conv -> Q into QLinearConv. With a mid-range zero point the Relu must stay, the
+        Conv is not followed by a Q and runs in float32 on weights dequantized every run,
+        which is not the int8 kernel real QDQ models get.
+        """
         if self.precision != "int8":
             return value
-        scale, zero = self.const(np.array(0.05, np.float32), "s"), self.const_int(np.array(0, np.uint8) + 128)
+        zero_point = 0 if nonnegative else 128
+        scale, zero = self.const(np.array(0.05, np.float32), "s"), self.const_int(np.array(zero_point, np.uint8))
         q = self.node("QuantizeLinear", [value, scale, zero])
         return self.node("DequantizeLinear", [q, scale, zero])
 
@@ -130,7 +138,11 @@ def _conv(b: _Builder, p: dict[str, Any]) -> list[str]:
     y = b.node("Conv", [x, w, b.const(np.zeros(cout, np.float32), "b")], kernel_shape=[k, k],
                strides=[s, s], pads=[k // 2] * 4, group=groups)
     out = (1, cout, (hw + s - 1) // s, (hw + s - 1) // s)
-    return [b.act(_epilogue(b, y, p.get("epilogue", "none"), out))]
+    epilogue = p.get("epilogue", "none")
+    if b.precision == "int8" and epilogue in ("add_relu", "clip"):
+        # Quantizers leave only Relu inside QLinearConv (a residual Add becomes its own QLinearAdd).
+        epilogue = "relu"
+    return [b.act(_epilogue(b, y, epilogue, out), nonnegative=epilogue in ("relu", "add_relu", "clip"))]
 
 
 def _gemm(b: _Builder, p: dict[str, Any]) -> list[str]:
@@ -141,11 +153,13 @@ def _gemm(b: _Builder, p: dict[str, Any]) -> list[str]:
         return [b.act(b.node("MatMul", [a, c]))]
     x = b.input((1, m, k))
     y = b.node("MatMul", [x, b.weight((k, n), axis=1)])
+    if b.precision == "int8":
+        return [b.act(y)]  # MatMul -> Q is what becomes QLinearMatMul; quantizers put the bias Add after it
     if p.get("bias", True):
         y = b.node("Add", [y, b.const(np.zeros(n, np.float32), "b")])
     if p.get("epilogue") == "relu":
         y = b.node("Relu", [y])
-    return [b.act(y)]
+    return [b.act(y, nonnegative=p.get("epilogue") == "relu")]
 
 
 _UNARY = ("Relu", "Sigmoid", "HardSwish", "HardSigmoid", "Tanh", "Erf", "Clip")
@@ -220,10 +234,12 @@ def _data(b: _Builder, p: dict[str, Any]) -> list[str]:
 def _recurrent(b: _Builder, p: dict[str, Any]) -> list[str]:
     seq, inp, hidden, op = p["seq"], p["input"], p["hidden"], p["op"]
     gates = 4 if op == "LSTM" else 3
+    directions = 2 if p.get("bidirectional") else 1
     x = b.input((seq, 1, inp))
-    w = b.const(b.rng.standard_normal((1, gates * hidden, inp)).astype(np.float32) * 0.1, "w")
-    r = b.const(b.rng.standard_normal((1, gates * hidden, hidden)).astype(np.float32) * 0.1, "r")
-    y = b.node(op, [x, w, r], outputs=1, hidden_size=hidden)
+    w = b.const(b.rng.standard_normal((directions, gates * hidden, inp)).astype(np.float32) * 0.1, "w")
+    r = b.const(b.rng.standard_normal((directions, gates * hidden, hidden)).astype(np.float32) * 0.1, "r")
+    y = b.node(op, [x, w, r], outputs=1, hidden_size=hidden,
+               direction="bidirectional" if directions == 2 else "forward")
     return [y]
 
 
@@ -333,8 +349,9 @@ def _data_params(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def _recurrent_params(rng: np.random.Generator) -> dict[str, Any]:
-    return {"op": str(_choice(rng, ("LSTM", "GRU"))), "seq": int(_choice(rng, (10, 25, 50, 100))),
-            "input": int(_choice(rng, (40, 80, 128, 256))), "hidden": int(_choice(rng, (64, 128, 256)))}
+    return {"op": str(_choice(rng, ("LSTM", "GRU"))), "seq": int(_choice(rng, (10, 25, 50, 100, 200))),
+            "input": int(_choice(rng, (40, 80, 128, 256, 512))), "hidden": int(_choice(rng, (64, 128, 256, 384))),
+            "bidirectional": bool(rng.random() < 0.4)}
 
 
 _SAMPLERS: dict[str, Callable[[np.random.Generator], dict[str, Any]]] = {

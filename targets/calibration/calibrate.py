@@ -45,8 +45,8 @@ Progress = Callable[[str, int, int], None]  # (what, done, total)
 PLAN: dict[tuple[str, str], int] = {
     ("elementwise", "fp32"): 40, ("conv", "fp32"): 70, ("depthwise", "fp32"): 35, ("gemm", "fp32"): 45,
     ("pooling", "fp32"): 15, ("normalization", "fp32"): 15, ("softmax", "fp32"): 10, ("data", "fp32"): 20,
-    ("recurrent", "fp32"): 8, ("conv", "int8"): 30, ("depthwise", "int8"): 12, ("gemm", "int8"): 15,
-    ("elementwise", "int8"): 8, ("pooling", "int8"): 5, ("conv", "fp16"): 12, ("depthwise", "fp16"): 6,
+    ("recurrent", "fp32"): 16, ("conv", "int8"): 30, ("depthwise", "int8"): 12, ("gemm", "int8"): 15,
+    ("elementwise", "int8"): 8, ("pooling", "int8"): 10, ("conv", "fp16"): 12, ("depthwise", "fp16"): 6,
     ("gemm", "fp16"): 8, ("elementwise", "fp16"): 6,
 }
 
@@ -58,6 +58,7 @@ class Settings:
     threads: int | None = 2
     seed: int = 0
     statistic: str = "median"
+    clock: str = "wall"
 
     @property
     def repeat_budget_s(self) -> float:
@@ -94,7 +95,7 @@ class Calibrator:
         self.progress = progress or (lambda *_: None)
         self.device_kind = "gpu" if target.kind == "gpu" or backend == "tensorrt" else "cpu"
         self.runner = runner or make_runner(backend, self.device_kind, settings.threads, settings.repeat_budget_s,
-                                            settings.statistic)
+                                            settings.statistic, settings.clock)
         self.samples: list[KernelSample] = []
         self.specs: list[bench.Spec] = []
         self.overhead_s = 0.0
@@ -186,7 +187,7 @@ class Calibrator:
             target=self.target.name, backend=self.backend,
             fingerprint=host_fingerprint(),  # the machine that measured (a Jetson running calibrate itself)
             method=method, factors=factors, composition=composition, samples=self.samples,
-            device_kind=self.device_kind, threads=s.threads, runtime=self.runner.runtime(),
+            device_kind=self.device_kind, threads=self.runner.threads, clock=s.clock, runtime=self.runner.runtime(),
             validation={"heldout": scores, "samples": len(self.samples), "failed": self.failed,
                         "run_overhead_measured_s": self.overhead_s, "quick": s.quick,
                         "statistic": s.statistic,
@@ -197,11 +198,11 @@ class Calibrator:
 
 def calibrate(target: Target, backend: str | None = None, *, budget_s: float | None = None, quick: bool = False,
               threads: int | None = 2, seed: int = 0, progress: Progress | None = None,
-              save: bool = True, statistic: str = "median") -> Calibration:
+              save: bool = True, statistic: str = "median", clock: str = "wall") -> Calibration:
     """Measure this machine for ``target`` on ``backend`` and (by default) save the calibration file."""
     backend = backend or target.default_backend
     settings = Settings(budget_s=budget_s if budget_s is not None else (30.0 if quick else 480.0), quick=quick,
-                        threads=threads, seed=seed, statistic=statistic)
+                        threads=threads, seed=seed, statistic=statistic, clock=clock)
     calibration = Calibrator(target, backend, settings, progress).run()
     if save:
         calibration.save()

@@ -32,6 +32,7 @@ from edgeopt.targets.cost.roofline import (
 )
 
 METHODS = ("factors", "ridge", "gbr")
+MAX_DISPATCH_CREDIT_S = 5e-6  # how far below zero the fitted per-kernel dispatch may go
 MIN_SAMPLES_PER_GROUP = 4
 
 
@@ -175,10 +176,12 @@ def fit_composition(rows: Sequence[tuple[float, int, float, float]], run_overhea
     ``rows`` are (sum of predicted isolated kernel seconds, dispatching kernels, measured
     seconds, layout-conversion bytes) of whole synthetic networks. The run overhead is the
     measured time of an empty model (fitting it too lets a few noisy networks push it to
-    milliseconds); the rest is fitted by non-negative least squares on relative error so
-    small and large networks weigh alike.
+    milliseconds); the rest is fitted by bounded least squares on relative error so small
+    and large networks weigh alike. The dispatch term may go slightly negative: a lone
+    kernel timed again and again pays its dispatch with cold code paths that a model
+    running kernel after kernel keeps warm.
     """
-    from scipy.optimize import nnls
+    from scipy.optimize import lsq_linear
 
     fallback = {"run_overhead_s": run_overhead_s, "scale": 1.0, "per_kernel_s": 0.0, "layout_s_per_byte": 0.0}
     if len(rows) < 2:
@@ -187,7 +190,9 @@ def fit_composition(rows: Sequence[tuple[float, int, float, float]], run_overhea
     y = np.array([m - run_overhead_s for _, _, m, _ in rows])
     w = 1.0 / np.array([m for _, _, m, _ in rows])
     norm = np.maximum(np.abs(a).max(0), 1e-30)  # columns differ by 1e9 (seconds vs bytes)
-    coef, _ = nnls(a * w[:, None] / norm, y * w)
+    lower = np.array([0.5, -MAX_DISPATCH_CREDIT_S, 0.0]) * norm
+    upper = np.array([2.0, 1e-3, 1e-8]) * norm  # 1e-8 s/B: a conversion at 100 MB/s, far below any DRAM
+    coef = lsq_linear(a * w[:, None] / norm, y * w, bounds=(lower, upper)).x
     scale, per_kernel, per_byte = (float(c) for c in coef / norm)
     if not math.isfinite(scale) or scale <= 0.05:
         return fallback

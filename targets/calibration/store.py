@@ -56,6 +56,7 @@ class Calibration:
     samples: list[KernelSample] = field(default_factory=list)
     device_kind: str = "cpu"
     threads: int | None = None
+    clock: str = "wall"  # "cpu": one-thread CPU time, the latency on an unshared core (runners.py)
     runtime: dict[str, str] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     created: str = ""
@@ -70,7 +71,7 @@ class Calibration:
         return {"schema": SCHEMA, "target": self.target, "backend": self.backend,
                 "fingerprint": self.fingerprint, "device": self.device, "device_kind": self.device_kind,
                 "created": self.created, "runtime": self.runtime, "threads": self.threads,
-                "method": self.method, "validation": self.validation, "factors": self.factors,
+                "clock": self.clock, "method": self.method, "validation": self.validation, "factors": self.factors,
                 "composition": self.composition, "wall_s": self.wall_s,
                 "samples": [s.to_dict() for s in self.samples]}
 
@@ -134,9 +135,13 @@ def parse_calibration(data: Any, where: Path) -> Calibration:
                 isinstance(v, (int, float)) and v > 0 for v in value)):
             raise CalibrationError(f"{where}: factors['{key}'] must be three positive numbers for a known class")
     composition = _require(data, "composition", dict, where)
+    clock = data.get("clock", "wall")
+    if clock not in ("wall", "cpu"):
+        raise CalibrationError(f"{where}: unknown clock '{clock}' (expected wall or cpu)")
     for key in ("run_overhead_s", "scale", "per_kernel_s"):
         value = composition.get(key)
-        if not isinstance(value, (int, float)) or value < 0:
+        # per_kernel_s may be slightly negative (fit.fit_composition); the others may not.
+        if not isinstance(value, (int, float)) or value < (-1e-4 if key == "per_kernel_s" else 0):
             raise CalibrationError(f"{where}: composition.{key} must be a non-negative number")
     samples = []
     for i, raw in enumerate(_require(data, "samples", list, where)):
@@ -155,7 +160,7 @@ def parse_calibration(data: Any, where: Path) -> Calibration:
         composition={k: float(composition.get(k, 0.0)) for k in
                      ("run_overhead_s", "scale", "per_kernel_s", "layout_s_per_byte")},
         samples=samples, device_kind=str(data.get("device_kind", "cpu")), threads=data.get("threads"),
-        runtime=dict(data.get("runtime") or {}), validation=dict(data.get("validation") or {}),
+        clock=str(clock), runtime=dict(data.get("runtime") or {}), validation=dict(data.get("validation") or {}),
         created=str(data.get("created", "")), wall_s=float(data.get("wall_s") or 0.0),
         device=str(data.get("device", "")), path=where)
 

@@ -369,11 +369,19 @@ def layout_boundary_bytes(kernels: list[Kernel], shapes: Mapping[str, tuple[int,
                          if id(u) in kernel_of and kernel_of[id(u)] is not kernel}
                 if _neutral(kernel):
                     continue
-                capable = kernel.kind in _NCHWC_KINDS
-                if any((k.kind in _NCHWC_KINDS) != capable and not _neutral(k) for k in users.values()):
+                capable = _nchwc(kernel)
+                if any(_nchwc(k) != capable and not _neutral(k) for k in users.values()):
                     total += math.prod(dims) * 4
     return total
 
 
+def _nchwc(kernel: Kernel) -> bool:
+    # Only float32 convs and pools have NCHWc kernels; QLinearConv runs NHWC behind a Transpose
+    # at the quantized region's edges, fp16 convs run plain NCHW.
+    return kernel.kind in _NCHWC_KINDS and kernel.precision == "fp32"
+
+
 def _neutral(kernel: Kernel) -> bool:
+    if kernel.precision != "fp32":
+        return True  # no reorder between quantized / half-precision kernels (see _nchwc)
     return kernel.kind not in _NCHWC_KINDS and all(n.op_type in _NCHWC_NEUTRAL for n in kernel.nodes)

@@ -156,7 +156,8 @@ class CostModel:
             run, scale, per_kernel = DEFAULT_RUN_OVERHEAD_S[self.device_kind], 1.0, 0.0
             per_byte = 2.0 / effective_bandwidth(self.target)  # read + write at DRAM speed
         run += per_byte * layout_boundary_bytes(kernels, shapes, self.backend)
-        items = [KernelEstimate(k, line, scale * t + (per_kernel if k.kind != "free" else 0.0))
+        # A fitted dispatch credit (negative per_kernel) never takes a kernel below a quarter of its time.
+        items = [KernelEstimate(k, line, max(scale * t + (per_kernel if k.kind != "free" else 0.0), 0.25 * scale * t))
                  for k, (line, t) in zip(kernels, timed, strict=True)]
         return Estimate(self.target.name, self.backend, items, run,
                         peak_activation_bytes(model, shapes, kernels), weight_bytes(model, kernels),

@@ -11,7 +11,9 @@
    variants (scipy.stats.kendalltau) and the calibration's wall time.
 
 Measurement uses the runner calibration uses: the product's session options (ORT_ENABLE_ALL /
-OpenVINO LATENCY hint) and a fixed thread count (2).
+OpenVINO LATENCY hint) and a fixed thread count (2). ``--clock cpu`` times one-thread CPU time
+instead of wall time, for both calibration and measurement: on a machine other jobs share, a
+whole model's wall time swings with their load while its CPU time does not (runners.py).
 """
 
 from __future__ import annotations
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--statistic", default="p25", choices=("median", "p25"),
                    help="per-run time statistic for calibration and measurement (p25 resists other jobs' load)")
+    p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                   help="wall time, or one-thread CPU time (steady under other jobs' load; forces 1 thread)")
     p.add_argument("--quick", action="store_true", help="quick calibration (a smoke test of this script)")
     p.add_argument("--models", type=Path, default=Path("/tmp/edgeopt-costmodel-models"))
     p.add_argument("--only", default="", help="comma-separated zoo models (default: all)")
@@ -155,17 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         began = time.perf_counter()
         calibration = calibrate(target, a.backend, budget_s=30.0 if a.quick else a.budget_s, threads=a.threads,
-                                quick=a.quick, statistic=a.statistic)
+                                quick=a.quick, statistic=a.statistic, clock=a.clock)
         print(f"calibrated in {time.perf_counter() - began:.1f} s -> {calibration.path}", flush=True)
     zoo, variants = models(a.models, {s for s in a.only.split(",") if s} or None)
     cost = CostModel(target, a.backend, calibration)
-    runner = make_runner(a.backend, "cpu", a.threads, budget_s=2.0, statistic=a.statistic)
+    runner = make_runner(a.backend, "cpu", a.threads, budget_s=2.0, statistic=a.statistic, clock=a.clock)
     rows = evaluate(cost, runner, zoo, "zoo") + evaluate(cost, runner, variants, "variant")
     held = [r for r in rows if r["group"] == "zoo"]
     within = float(np.mean([abs(r["error_pct"]) <= 10 for r in held])) if held else 0.0
     var = [r for r in rows if r["group"] == "variant"]
     tau = float(kendalltau([r["predicted_ms"] for r in var], [r["measured_ms"] for r in var]).statistic)
-    summary = {"backend": a.backend, "method": calibration.method, "statistic": a.statistic,
+    summary = {"backend": a.backend, "method": calibration.method, "statistic": a.statistic, "clock": a.clock,
+               "threads": runner.threads,
                "calibration_wall_s": calibration.wall_s,
                "calibration_samples": len(calibration.samples), "within_10pct": within,
                "within_10pct_all": float(np.mean([abs(r["error_pct"]) <= 10 for r in rows])),
@@ -173,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                "bars": {"within_10pct": within >= BARS["within_10pct"], "kendall_tau": tau >= BARS["kendall_tau"],
                         "calibration_s": calibration.wall_s <= BARS["calibration_s"]}}
     lines = [f"### Cost model on host-cpu / {a.backend} (calibration: {calibration.method}, "
-             f"{len(calibration.samples)} kernels, {calibration.wall_s:.0f} s)", "",
+             f"{len(calibration.samples)} kernels, {calibration.wall_s:.0f} s; clock {a.clock}, "
+             f"{runner.threads} thread(s), {a.statistic})", "",
              "| group | model | GFLOPs | kernels | predicted ms | measured ms | error |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['group']} | {r['model']} | {r['gflops']:.2f} | {r['kernels']} | {r['predicted_ms']:.2f} | "
