@@ -116,6 +116,14 @@ def latency_ms(path: Path, feeds: dict[str, np.ndarray], budget: float = 2.0) ->
     return time_session(session(path), feeds, budget=budget, min_runs=10) * 1e3
 
 
+def latencies(paths: list[Path], feeds: dict[str, np.ndarray], budget: float) -> list[float]:
+    """Milliseconds per run of each model, timed round-robin (see ``time_interleaved``)."""
+    from edgeopt.passes.quant.gain import time_interleaved
+
+    sessions = [session(p) for p in paths]
+    return [t * 1e3 for t in time_interleaved(sessions, [feeds] * len(sessions), budget=budget, min_runs=10)]
+
+
 def agreement(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
     """Top-1 agreement for classifier outputs, else cosine (over all outputs)."""
     from edgeopt.passes.quant.accuracy import agreement as agree
@@ -269,13 +277,19 @@ def bench_zoo(name: str, size: str, work: Path, calibration: int, evaluation: in
             row.accuracy = agreement(reference, outputs)
             row.cosine = cosine(reference, outputs)
             if method == "edgeopt" and not reports[name]["counts"].get("layers_int8"):
-                # Kept FP32: the very same graph, so the FP32 timing is its timing (no second noisy sample).
-                row.latency_ms, row.detail = rows[0].latency_ms, row.detail + " (kept FP32)"
-            else:
-                row.latency_ms = latency_ms(path, held[0])
+                row.detail += " (kept FP32)"
 
         _guard(row, run)
         rows.append(row)
+    # Every method timed round-robin, so load from other processes falls on all alike; a kept-FP32 edgeopt
+    # model is the very same graph as FP32, so the FP32 timing is its timing (no second noisy sample).
+    timed = [r for r in rows if r.status == "ok" and not r.detail.endswith("(kept FP32)")]
+    seconds = latencies([work / f"{name}-{r.method}.onnx" for r in timed], held[0], budget=2.0 * len(timed))
+    for row, value in zip(timed, seconds, strict=True):
+        row.latency_ms = value
+    for row in rows:
+        if row.detail.endswith("(kept FP32)"):
+            row.latency_ms = rows[0].latency_ms
     return rows, reports
 
 
@@ -328,7 +342,8 @@ class MixedRow:
 
 
 def bench_mixed(name: str, size: str, work: Path, calibration: int, evaluation: int,
-                max_drop: float = 0.01) -> list[MixedRow]:
+                max_drop: float = 0.01) -> tuple[list[MixedRow], dict[str, str]]:
+    """Uniform FP32/FP16/INT8 and the mixed map on one model; predictions come from the mixed run's layer times."""
     from edgeopt.ir import load_model, save_model
     from edgeopt.passes.quant.fp16 import convert_fp16
     from tools.zoo import build
@@ -337,26 +352,31 @@ def bench_mixed(name: str, size: str, work: Path, calibration: int, evaluation: 
     samples = zoo_samples(name, size, calibration, 0)
     held = zoo_samples(name, size, evaluation, 10_000)
     reference = run_all(fp32, held)
-    rows = [MixedRow(name, "fp32", "0", None, latency_ms(fp32, held[0]), 1.0)]
-    fp16 = work / f"{name}-fp16.onnx"
+    mixed_path, map_path = work / f"{name}-mixed.onnx", work / f"{name}-mixed-map.json"
+    report = edgeopt_quantize(fp32, mixed_path, samples,
+                              f"precision=mixed,max_drop={max_drop},save_precision_map={map_path}")
+    chosen: dict[str, str] = report.get("precision_map", {})
+    predicted = {k: v * 1e3 for k, v in report.get("predicted_latency_s", {}).items()}
+    fp16, int8 = work / f"{name}-fp16.onnx", work / f"{name}-int8.onnx"
     save_model(convert_fp16(load_model(fp32)), fp16)
-    rows.append(MixedRow(name, "fp16", "-", None, latency_ms(fp16, held[0]), agreement(reference, run_all(fp16, held))))
-    for config, options in (("int8 (all layers)", "gain=all"),
-                            (f"mixed max_drop={max_drop}", f"precision=mixed,max_drop={max_drop}")):
-        path = work / f"{name}-{config.split()[0]}.onnx"
-        report = edgeopt_quantize(fp32, path, samples, options)
-        chosen = report.get("precision_map", {})
-        predicted = report.get("predicted_latency_s", {}).get("chosen")
-        rows.append(MixedRow(name, config, f"{sum(v == 'int8' for v in chosen.values())}/{len(chosen)}",
-                             predicted * 1e3 if predicted else None, latency_ms(path, held[0]),
-                             agreement(reference, run_all(path, held))))
-        if config.startswith("mixed"):
-            (work / f"{name}-mixed-map.json").write_text(json.dumps(chosen, indent=1))
+    edgeopt_quantize(fp32, int8, samples, "gain=all")
+    int8_count = sum(v == "int8" for v in chosen.values())
+    # Timed round-robin; an all-FP32 map is the FP32 graph itself, so it reuses that timing.
+    paths = [fp32, fp16, int8] + ([mixed_path] if int8_count else [])
+    measured = latencies(paths, held[0], budget=2.0 * len(paths))
+    measured += [] if int8_count else [measured[0]]
+    rows = [MixedRow(name, "fp32", f"0/{len(chosen)}", predicted.get("fp32"), measured[0], 1.0),
+            MixedRow(name, "fp16", "-", None, measured[1], agreement(reference, run_all(fp16, held))),
+            MixedRow(name, "int8 (all layers)", f"{len(chosen)}/{len(chosen)}", predicted.get("all_int8"),
+                     measured[2], agreement(reference, run_all(int8, held))),
+            MixedRow(name, f"mixed max_drop={max_drop}" + ("" if int8_count else " (kept FP32)"),
+                     f"{int8_count}/{len(chosen)}", predicted.get("chosen"), measured[3],
+                     agreement(reference, run_all(mixed_path, held)))]
     mixed = rows[-1]
     dominated_by = [r.config for r in rows[:-1] if r.latency_ms is not None and mixed.latency_ms is not None
-                    and r.latency_ms < mixed.latency_ms * 0.97 and (r.accuracy or 0) > (mixed.accuracy or 0) + 1e-6]
+                    and r.latency_ms < mixed.latency_ms * 0.97 and (r.accuracy or 0) >= (mixed.accuracy or 0)]
     mixed.pareto = "on/beyond front" if not dominated_by else f"dominated by {', '.join(dominated_by)}"
-    return rows
+    return rows, chosen
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -495,9 +515,11 @@ def main(argv: list[str] | None = None) -> int:
         rows += model_rows
         reports.update(model_reports)
     mixed: list[MixedRow] = []
+    maps: dict[str, dict[str, str]] = {}
     for name in filter(None, args.mixed.split(",")):
         print(f"[{time.strftime('%H:%M:%S')}] mixed {name}", file=sys.stderr, flush=True)
-        mixed += bench_mixed(name, args.size, work, args.calibration, args.evaluation)
+        model_mixed, maps[name] = bench_mixed(name, args.size, work, args.calibration, args.evaluation)
+        mixed += model_mixed
     memory = None
     if not args.skip_memory:
         memory = calibration_memory(args.size, work, args.memory_samples)
@@ -508,15 +530,24 @@ def main(argv: list[str] | None = None) -> int:
         bars.append(f"calibration peak RSS {memory['peak_rss_mib']:.0f} MiB (goal < 2048):"
                     f" {'PASS' if memory['peak_rss_mib'] < 2048 else 'FAIL'}")
     print(report_text(rows, mixed, memory, bars, markdown=False))
+    for name, chosen in maps.items():
+        print(f"\nmixed map {name} ({work / f'{name}-mixed-map.json'}): "
+              + ", ".join(f"{layer}={precision}" for layer, precision in chosen.items()))
     if args.out:
-        args.out.write_text(report_text(rows, mixed, memory, bars, markdown=True) + "\n")
+        text = report_text(rows, mixed, memory, bars, markdown=True)
+        for name, chosen in maps.items():
+            table = render(["layer", "precision"], [[k, v] for k, v in chosen.items()], True)
+            text += f"\n\nmixed map {name}:\n\n{table}"
+        args.out.write_text(text + "\n")
     if args.json:
         payload = {"rows": [asdict(r) for r in rows], "mixed": [asdict(m) for m in mixed], "memory": memory,
-                   "bars": bars, "edgeopt_reports": reports,
+                   "bars": bars, "edgeopt_reports": reports, "mixed_maps": maps,
                    "self_rusage_max_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         args.json.write_text(json.dumps(payload, indent=1, default=str))
     return 0
 
 
 if __name__ == "__main__":
+    # Run as a file (python tools/bench/quant.py), the repository root is not on sys.path for `tools.zoo`.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     sys.exit(main())
