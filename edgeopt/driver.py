@@ -112,6 +112,9 @@ def compile_model(request: CompileRequest,
     passes = resolve_pipeline(request, ctx)  # bad pass names fail before any heavy work
 
     executor = ReferenceExecutor()
+    lacking = get_emitter("onnxruntime").unsupported_ops(model)  # the reference run is ONNX Runtime's CPU
+    if lacking:
+        raise UserError(f"{request.model}: the reference run (ONNX Runtime CPU) cannot run op(s) {', '.join(lacking)}")
     inputs = executor.generate_inputs(model)
     ctx.reference_inputs = inputs
     say("running the reference model")

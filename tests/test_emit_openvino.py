@@ -99,6 +99,16 @@ def test_if_model_gets_one_line_error_naming_the_op(tmp_path: Path) -> None:
     assert "\n" not in str(caught.value)
 
 
+def test_cli_if_model_exits_2_naming_the_op(tmp_path: Path) -> None:
+    path = tmp_path / "if.onnx"
+    onnx.save(if_model(), str(path))
+    result = run_edgeopt("compile", path, "--backend", "openvino", "-o", tmp_path / "out")
+    assert result.code == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: backend 'openvino' cannot run op(s) If; choose another --backend or a pipeline that removes them"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_device_option_is_one_line_error() -> None:
     with pytest.raises(UserError, match="unknown device 'TPU'"):
         get_emitter("openvino").options({"device": "TPU"})

@@ -94,7 +94,8 @@ def test_tuning_records_are_kept_and_reused(tmp_path: Path, private_cache: Path)
     assert second.validation["ok"]
 
 
-def test_loop_model_gets_one_line_error_naming_the_op(tmp_path: Path) -> None:
+def loop_model() -> onnx.ModelProto:
+    """y = x doubled three times by a Loop: control flow TVM's Relax frontend cannot import."""
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["acc", "acc"], ["next"])],
         "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
@@ -107,8 +108,12 @@ def test_loop_model_gets_one_line_error_naming_the_op(tmp_path: Path) -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor("trips", TensorProto.INT64, [], [3])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_loop_model_gets_one_line_error_naming_the_op(tmp_path: Path) -> None:
     path = tmp_path / "loop.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(loop_model(), str(path))
     for backend in ("tvm", "openvino"):
         with pytest.raises(UserError, match=rf"backend '{backend}' cannot run op\(s\) Loop;"):
             get_emitter(backend).check(load_model(path))
@@ -159,3 +164,29 @@ def test_cli_backend_auto_picks_the_faster_measured_backend(paddle_resnet: Path,
     times = dict(part.rsplit(" ", 2)[:2] for part in picked.split("(")[1].rstrip(")").split(", "))
     faster = min(times, key=lambda name: float(times[name]))
     assert report["backend"] == faster
+
+
+def test_cli_loop_model_exits_2_naming_the_op(tmp_path: Path) -> None:
+    path = tmp_path / "loop.onnx"
+    onnx.save(loop_model(), str(path))
+    result = run_edgeopt("compile", path, "--backend", "tvm", "-o", tmp_path / "out")
+    assert result.code == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: backend 'tvm' cannot run op(s) Loop; choose another --backend or a pipeline that removes them"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_dims_option_binds_symbolic_dims(tmp_path: Path) -> None:
+    path = build("bert", tmp_path / "zoo", size="small")
+    model = load_model(path)
+    executor = ReferenceExecutor()
+    inputs = executor.generate_inputs(model, {"sequence": 16})
+    reference = executor.run(model, inputs)
+    emitter = get_emitter("tvm")
+    result = emitter.emit(model, tmp_path / "out", {"dims": "sequence=16"})
+    emitter.validate(result, inputs, reference, measure=False)
+    assert result.validation["ok"] and result.validation["max_abs"] <= 1e-4
+    config = json.loads((tmp_path / "out" / "tvm_config.json").read_text())
+    assert config["input_shapes"] == {"input_ids": [1, 16], "attention_mask": [1, 16]}
+    with pytest.raises(UserError, match="dims names unknown dim"):
+        get_emitter("tvm").emit(model, tmp_path / "bad", {"dims": "height=4"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,25 @@ import onnxruntime as ort
 from edgeopt.ir.model_io import save_model
 from edgeopt.ir.reference import compare_outputs
 from edgeopt.targets.emitters.base import EmitResult, Emitter, register_emitter
+from edgeopt.targets.emitters.common import op_name
+
+
+@cache
+def _cpu_kernels() -> frozenset[tuple[str, str]]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as capi
+
+    return frozenset((kernel.domain, kernel.op_name) for kernel in capi.get_all_opkernel_def()
+                     if kernel.provider == "CPUExecutionProvider")
+
+
+def _has_function(op_type: str) -> bool:
+    import onnx.defs
+
+    try:
+        schema = onnx.defs.get_schema(op_type)
+    except onnx.defs.SchemaError:
+        return False
+    return bool(schema.has_function or schema.has_context_dependent_function)
 
 
 def _session(path: Path, threads: int | None) -> ort.InferenceSession:
@@ -46,8 +66,19 @@ class OnnxRuntimeEmitter(Emitter):
     description = "ONNX model for ONNX Runtime"
 
     def unsupported_ops(self, model: ir.Model) -> list[str]:
-        # ORT itself is the judge: a session that cannot be created names the op.
-        return []
+        # An op needs a CPU kernel or an ONNX function body ORT can inline; custom-domain ops
+        # without a registered kernel (no custom-op library is loaded here) are refused.
+        kernels = _cpu_kernels()
+        local = {(domain, name) for domain, name, *_ in model.functions}  # ORT inlines model-local functions
+        missing = set()
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            domain = "" if node.domain == "ai.onnx" else node.domain
+            if (node.op_type == "Constant" and not domain) or (domain, node.op_type) in kernels | local:
+                continue
+            if not domain and _has_function(node.op_type):
+                continue
+            missing.add(op_name(node))
+        return sorted(missing)
 
     def emit(self, model: ir.Model, folder: Path, options: Mapping[str, Any]) -> EmitResult:
         path = folder / "model.onnx"

@@ -36,6 +36,9 @@ from edgeopt.targets.emitters.base import EmitResult, Emitter, register_emitter
 from edgeopt.targets.emitters.common import by_position, compare, is_quantized, op_inventory, write_onnx
 
 DATA = Path(__file__).parent / "data"
+# build_engine.py --dry-run setting -> build_config.json key: the script must read the bundle's settings.
+_SCRIPT_KEYS = (("profiles", "profile"), ("fp16", "fp16"), ("int8", "int8"), ("sparsity", "sparsity"),
+                ("workspace_mb", "workspace_mb"), ("dla_core", "dla_core"), ("gpu_fallback", "gpu_fallback"))
 _WEIGHTED = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1}  # input index of the weight
 
 
@@ -129,6 +132,47 @@ def profile_shapes(model: ir.Model, opts: TensorRtOptions) -> dict[str, list[lis
     return shapes
 
 
+def profile_problems(model: ir.Model, profile: Mapping[str, list[list[int]]],
+                     inputs: Mapping[str, np.ndarray] | None = None) -> list[str]:
+    """What is inconsistent in a min/opt/max profile (empty when it is fine).
+
+    Every input with a symbolic dim needs a range; each range matches the input's rank and
+    its fixed dims; min <= opt <= max per dim; inputs sharing a dim name share its range; and
+    the arrays the bundle was validated with (``inputs``) lie inside the ranges.
+    """
+    problems: list[str] = []
+    seen: dict[str, tuple[int, int, int]] = {}
+    for value in model.graph.inputs:
+        if value.is_initializer() or value.shape is None:
+            continue
+        dims = list(value.shape)
+        if all(isinstance(d, int) for d in dims):
+            if value.name in profile:
+                problems.append(f"input '{value.name}' is static but has a profile")
+            continue
+        if value.name not in profile:
+            problems.append(f"input '{value.name}' has symbolic dims but no min/opt/max shapes")
+            continue
+        low, opt, high = profile[value.name]
+        if not len(low) == len(opt) == len(high) == len(dims):
+            problems.append(f"input '{value.name}': profile rank differs from the model's {len(dims)}")
+            continue
+        for axis, (dim, a, b, c) in enumerate(zip(dims, low, opt, high, strict=True)):
+            where = f"input '{value.name}' dim {axis}"
+            if isinstance(dim, int):
+                if not a == b == c == dim:
+                    problems.append(f"{where} is fixed at {dim} but the profile says {a}:{b}:{c}")
+                continue
+            if not 1 <= a <= b <= c:
+                problems.append(f"{where}: needs 1 <= min <= opt <= max, got {a}:{b}:{c}")
+            name = str(dim) if dim.value is not None else f"{value.name}_dim"
+            if seen.setdefault(name, (a, b, c)) != (a, b, c):
+                problems.append(f"{where}: dim '{name}' has range {a}:{b}:{c} here and {seen[name]} elsewhere")
+            if inputs is not None and value.name in inputs and not a <= inputs[value.name].shape[axis] <= c:
+                problems.append(f"{where}: validated with size {inputs[value.name].shape[axis]}, outside {a}..{c}")
+    return problems
+
+
 def trtexec_command(config: dict[str, Any]) -> list[str]:
     """The trtexec equivalent of build_engine.py with the same settings."""
     command = ["trtexec", f"--onnx={config['onnx']}", f"--saveEngine={config['engine']}",
@@ -215,6 +259,8 @@ class TensorRtEmitter(Emitter):
                             f" {str(error).strip().splitlines()[0]}") from None
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # The graph as written (like the reference run): ORT's own QDQ fusions would round differently.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         outputs = session.run(None, {i.name: inputs[i.name] for i in session.get_inputs()})
         validation = compare(reference, by_position(reference, outputs), reduced=False)
@@ -226,7 +272,13 @@ class TensorRtEmitter(Emitter):
             raise UserError(f"backend 'tensorrt': build_engine.py --dry-run failed: {dry.stderr.strip()[-200:]}")
         settings = json.loads(dry.stdout)
         config = json.loads((bundle / "build_config.json").read_text())
-        validation["build_script_ok"] = settings["profiles"] == config["profile"] and settings["fp16"] == config["fp16"]
+        validation["build_script_ok"] = all(settings[key] == config[name] for key, name in _SCRIPT_KEYS)
+        problems = profile_problems(ir.load(onnx_path), config["profile"], inputs)
+        validation["profile_ok"] = not problems
+        if problems:
+            result.notes.append(f"shape profile: {'; '.join(problems)}")
+        validation["ok"] = bool(validation["ok"] and validation["ops_in_tensorrt_list"]
+                                and validation["build_script_ok"] and validation["profile_ok"])
         result.validation = validation
         if tensorrt_available():
             self._validate_engine(result, inputs, reference)

@@ -39,6 +39,7 @@ class TvmOptions:
     trials_per_task: int = option(0, help="trial cap per tuning task (0: budget / tasks, at least 32)")
     num_cores: int = option(0, help="cores the tuned code uses (0: this machine's, for host builds)")
     cross_compiler: str = option("", help="C compiler that links a cross build (default: <triple>-gcc)")
+    dims: str = option("", help="sizes of symbolic dims in the build, e.g. sequence=128 (unnamed ones: 1)")
 
 
 @register_emitter("tvm")
@@ -88,7 +89,7 @@ class TvmEmitter(Emitter):
         payload = onnx_bytes(clean)
         if payload is None:
             raise UserError("backend 'tvm': models above 2 GB are not supported by the Relax ONNX importer")
-        shapes = _bound_shapes(clean)
+        shapes = _bound_shapes(clean, _parse_dims(opts.dims))
         self._input_names = list(shapes)
         mod = _import(payload, shapes)
         self._prepared, self._payload, self._quantized = mod, payload, is_quantized(model)
@@ -158,16 +159,39 @@ class TvmEmitter(Emitter):
                                 f" ONNX Runtime {result.validation['onnxruntime_latency_ms']:.2f} ms")
 
 
-def _bound_shapes(model: ir.Model) -> dict[str, list[int]]:
-    """Static input shapes for the importer: symbolic dims (batch, sequence) bound to 1."""
+def _parse_dims(text: str) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        if not name.strip() or not value.strip().isdigit() or int(value) < 1:
+            raise UserError(f"backend 'tvm': dims '{item}': expected NAME=SIZE with SIZE >= 1")
+        sizes[name.strip()] = int(value)
+    return sizes
+
+
+def _bound_shapes(model: ir.Model, sizes: Mapping[str, int] | None = None) -> dict[str, list[int]]:
+    """Static input shapes for the importer: symbolic dims (batch, sequence) bound to ``sizes``, else 1."""
     initializers = set(model.graph.initializers)
+    sizes = dict(sizes or {})
     shapes = {}
+    used: set[str] = set()
     for value in model.graph.inputs:
         if value.name in initializers:
             continue
         if value.shape is None:
             raise UserError(f"backend 'tvm': graph input '{value.name}' has no shape")
-        shapes[value.name] = [d if isinstance(d, int) else 1 for d in value.shape]
+        dims = []
+        for dim in value.shape:
+            if isinstance(dim, int):
+                dims.append(dim)
+                continue
+            used.add(str(dim))
+            dims.append(sizes.get(str(dim), 1))
+        shapes[value.name] = dims
+    unknown = set(sizes) - used
+    if unknown:
+        raise UserError(f"backend 'tvm': dims names unknown dim(s) {', '.join(sorted(unknown))}"
+                        f" (the model's are: {', '.join(sorted(used)) or 'none'})")
     return shapes
 
 

@@ -130,8 +130,9 @@ def has_records(folder: Path) -> bool:
 def tune(mod: Any, target: Any, folder: Path, trials: int, per_task: int) -> tuple[int, float, int]:
     """Spend ``trials`` MetaSchedule trials on the fused TIR tasks of ``mod``; records go to ``folder``.
 
-    Returns (trials asked, seconds, number of tasks). ``mod`` must already be legalized and
-    fused (the same preparation MetaScheduleApplyDatabase sees, so the records match).
+    Returns (trials spent: the budget, or fewer when every task reached its cap; seconds; tasks).
+    ``mod`` must already be legalized and fused (the same preparation MetaScheduleApplyDatabase
+    sees, so the records match).
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -145,9 +146,30 @@ def tune(mod: Any, target: Any, folder: Path, trials: int, per_task: int) -> tup
     ms.tune.tune_tasks(
         tasks=contexts, task_weights=weights, work_dir=str(folder),
         max_trials_global=trials, max_trials_per_task=per_task,
+        # The gradient scheduler commits nothing until every task has had its first round; round-robin
+        # commits each task's records as they are measured, so a stopped tuning run still leaves records.
+        task_scheduler="round-robin",
         num_trials_per_iter=min(per_task, 64),  # one batch a task: each batch pays a worker-pool start
-        builder=ms.builder.LocalBuilder(max_workers=max(1, len(os.sched_getaffinity(0)))),
-        runner=ms.runner.LocalRunner(timeout_sec=60),
+        # LocalBuilder's default 30 s timeout counts a fresh worker's TVM import: on a loaded
+        # 2-core machine every build timed out and no record was ever written.
+        builder=ms.builder.LocalBuilder(max_workers=max(1, len(os.sched_getaffinity(0))), timeout_sec=300,
+                                        f_build=build_candidate),
+        runner=ms.runner.LocalRunner(timeout_sec=120),
         database=ms.database.JSONDatabase(work_dir=str(folder)),
     )
-    return trials, time.perf_counter() - began, len(tasks)
+    return min(trials, per_task * len(tasks)), time.perf_counter() - began, len(tasks)
+
+
+def build_candidate(mod: Any, target: Any, _params: Any) -> Any:
+    """MetaSchedule's default_build without ``import tvm.s_tir.tensor_intrin``.
+
+    That import registers every tensor intrinsic (x86, Arm, CUDA, ...) and costs about 90 s of
+    CPU here; LocalBuilder starts fresh workers for every batch, so each batch paid it per
+    worker and a 16-candidate matmul took 14 minutes to build. FP32 CPU schedules use no
+    tensor intrinsic; a candidate that did would fail to build and be dropped, not mis-built.
+    """
+    import tvm
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm.driver.build(mod, target=target)
