@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -167,20 +167,28 @@ def _split_list(text: str) -> list[str]:
     return [item.strip() for item in text.replace(";", ",").split(",") if item.strip()]
 
 
-def build_options(pass_name: str, options_type: type, raw: dict[str, Any]) -> Any:
-    """Instantiate ``options_type`` from raw values; errors name the pass and option."""
+def convert_values(owner: str, options_type: type, raw: Mapping[str, Any],
+                   error: type[Exception] = PipelineError) -> dict[str, Any]:
+    """``raw`` text values typed by the dataclass ``options_type``'s fields; errors name ``owner``
+    (e.g. "pass 'cleanup'", "backend 'tvm'") and the option, as ``error``."""
     hints = typing.get_type_hints(options_type)
-    fields = {f.name: f for f in dataclasses.fields(options_type)}
+    fields = {f.name for f in dataclasses.fields(options_type)}
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
         if name not in fields:
             known = ", ".join(sorted(fields)) or "none"
-            raise PipelineError(f"pass '{pass_name}': unknown option '{key}' (known: {known})")
+            raise error(f"{owner}: unknown option '{key}' (known: {known})")
         try:
             values[name] = convert(value, hints[name])
-        except ValueError as error:
-            raise PipelineError(f"pass '{pass_name}': option '{key}={value}': {error}") from None
+        except ValueError as reason:
+            raise error(f"{owner}: option '{key}={value}': {reason}") from None
+    return values
+
+
+def build_options(pass_name: str, options_type: type, raw: dict[str, Any]) -> Any:
+    """Instantiate ``options_type`` from raw values; errors name the pass and option."""
+    values = convert_values(f"pass '{pass_name}'", options_type, raw)
     try:
         options = options_type(**values)
     except TypeError as error:

@@ -13,19 +13,7 @@ import onnx_ir as ir
 
 from edgeopt.passes.base import Pass, PassContext, PassResult
 from edgeopt.passes.registry import register_pass
-
-
-def _constant_array(value: ir.Value | None) -> np.ndarray | None:
-    if value is None:
-        return None
-    if value.const_value is not None:
-        return value.const_value.numpy()
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx"):
-        attr = producer.attributes.get("value")
-        if attr is not None and attr.type == ir.AttributeType.TENSOR:
-            return attr.as_tensor().numpy()
-    return None
+from edgeopt.passes.values import constant_array
 
 
 def _is_noop(node: ir.Node) -> bool:
@@ -41,7 +29,7 @@ def _is_noop(node: ir.Node) -> bool:
         # or its mask output is used.
         if len(node.outputs) > 1 and node.outputs[1].uses():
             return False
-        training = _constant_array(node.inputs[2]) if len(node.inputs) > 2 else np.array(False)
+        training = constant_array(node.inputs[2]) if len(node.inputs) > 2 else np.array(False)
         return training is not None and not bool(training)
     if op == "Cast":
         to = node.attributes.get_int("to")
@@ -50,7 +38,7 @@ def _is_noop(node: ir.Node) -> bool:
         perm = node.attributes.get_ints("perm")
         return perm is not None and list(perm) == list(range(len(perm)))
     if op == "Reshape":
-        target = _constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        target = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
         shape = source.shape
         if target is None or shape is None or node.attributes.get_int("allowzero", 0):
             return False
@@ -70,15 +58,15 @@ def _is_noop(node: ir.Node) -> bool:
             return False
         return unresolved <= 1
     if op == "Expand":
-        target = _constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        target = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
         return target is not None and _broadcast_keeps(source, [int(d) for d in target.reshape(-1)])
     if op == "Slice":
         return _slice_is_full(node)
     if op in ("Add", "Sub", "Mul", "Div") and len(node.inputs) == 2:
         neutral = 0 if op in ("Add", "Sub") else 1
-        other = _constant_array(node.inputs[1])
+        other = constant_array(node.inputs[1])
         if other is None and op in ("Add", "Mul"):
-            source, other = node.inputs[1], _constant_array(node.inputs[0])
+            source, other = node.inputs[1], constant_array(node.inputs[0])
             if source is None:
                 return False
         if other is None or other.size == 0 or not np.all(other == neutral):
@@ -90,7 +78,7 @@ def _is_noop(node: ir.Node) -> bool:
 
 def _noop_source(node: ir.Node) -> ir.Value:
     """The input a no-op node passes through (the non-constant operand of Add/Mul)."""
-    if node.op_type in ("Add", "Mul") and _constant_array(node.inputs[1]) is None:
+    if node.op_type in ("Add", "Mul") and constant_array(node.inputs[1]) is None:
         return node.inputs[1]  # type: ignore[return-value]
     return node.inputs[0]  # type: ignore[return-value]
 
@@ -110,12 +98,12 @@ def _slice_is_full(node: ir.Node) -> bool:
     """A Slice whose constant starts are 0, steps 1 and ends reach past each sliced static dim."""
     source = node.inputs[0]
     inputs = [*node.inputs, None, None, None][:5]
-    starts, ends = _constant_array(inputs[1]), _constant_array(inputs[2])
+    starts, ends = constant_array(inputs[1]), constant_array(inputs[2])
     if source is None or source.shape is None or starts is None or ends is None:
         return False
     rank = len(source.shape)
-    axes = _constant_array(inputs[3]) if inputs[3] is not None else np.arange(len(starts))
-    steps = _constant_array(inputs[4]) if inputs[4] is not None else np.ones(len(starts), np.int64)
+    axes = constant_array(inputs[3]) if inputs[3] is not None else np.arange(len(starts))
+    steps = constant_array(inputs[4]) if inputs[4] is not None else np.ones(len(starts), np.int64)
     if axes is None or steps is None:
         return False
     for start, end, axis, step in zip(starts.tolist(), ends.tolist(), axes.tolist(), steps.tolist(), strict=True):

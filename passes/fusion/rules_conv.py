@@ -14,6 +14,7 @@ from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 from onnxscript.rewriter.rules.common import _fuse_batchnorm, _fuse_pad_into_conv
 
 from edgeopt.passes.fusion.registry import PRIORITY_LAYOUT, PRIORITY_WEIGHTS, fusion_rule, register_fusion
+from edgeopt.passes.values import constant_array
 
 register_fusion(
     "conv-bn",
@@ -24,19 +25,6 @@ register_fusion(
     "pad-conv",
     [_fuse_pad_into_conv.normalize_pad_format_conv_rule, _fuse_pad_into_conv.fuse_pad_into_conv_rule],
     priority=PRIORITY_LAYOUT, min_opset=11, summary="constant zero Pad folded into the Conv's pads")
-
-
-def _constant(value: ir.Value | None) -> np.ndarray | None:
-    if value is None:
-        return None
-    if value.const_value is not None:
-        return value.const_value.numpy()
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx"):
-        attr = producer.attributes.get("value")
-        if attr is not None and attr.type == ir.AttributeType.TENSOR:
-            return attr.as_tensor().numpy()
-    return None
 
 
 def _per_channel(operand: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
@@ -56,14 +44,14 @@ class _ConvElementwise(RewriteRuleClassBase):
               **_: object) -> MatchResult:
         result = MatchResult()
         conv = conv_out.producer()
-        weight = _constant(w)
+        weight = constant_array(w)
         if conv is None or weight is None or weight.ndim < 3:
             return result.fail("Conv weight is not a constant")
         bias_value = conv.inputs[2] if len(conv.inputs) > 2 else None
-        bias = _constant(bias_value) if bias_value is not None else np.zeros(weight.shape[0], weight.dtype)
+        bias = constant_array(bias_value) if bias_value is not None else np.zeros(weight.shape[0], weight.dtype)
         if bias is None:
             return result.fail("Conv bias is not a constant")
-        value = _constant(operand)
+        value = constant_array(operand)
         if value is None or value.dtype != weight.dtype:
             return result.fail("the other operand is not a constant of the weight's type")
         vector = _per_channel(value, weight.ndim, weight.shape[0])
@@ -107,16 +95,16 @@ class ConvAdd(_ConvElementwise):
 def _pad_spatial(pads_input: ir.Value, value_input: ir.Value | None, axes_input: ir.Value | None,
                  rank: int | None, fill: float) -> list[int] | None:
     """Spatial pads (ONNX begin..., end... order) of a constant Pad that pads only spatial axes with ``fill``."""
-    pads = _constant(pads_input)
-    if pads is None or rank is None or (axes_input is not None and _constant(axes_input) is None):
+    pads = constant_array(pads_input)
+    if pads is None or rank is None or (axes_input is not None and constant_array(axes_input) is None):
         return None
     if value_input is not None:
-        constant = _constant(value_input)
+        constant = constant_array(value_input)
         if constant is None or constant.size != 1 or float(constant.reshape(-1)[0]) != fill:
             return None
     elif fill != 0.0:
         return None
-    axes = list(range(rank)) if axes_input is None else [int(a) % rank for a in _constant(axes_input).reshape(-1)]
+    axes = list(range(rank)) if axes_input is None else [int(a) % rank for a in constant_array(axes_input).reshape(-1)]
     full = [0] * (2 * rank)
     pads = [int(p) for p in pads.reshape(-1)]
     for index, axis in enumerate(axes):

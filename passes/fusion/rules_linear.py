@@ -13,7 +13,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
 from edgeopt.passes.fusion.registry import PRIORITY_LINEAR, PRIORITY_WEIGHTS, fusion_rule
-from edgeopt.passes.fusion.rules_conv import _constant
+from edgeopt.passes.values import constant_array
 
 _GEMM_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16})
 
@@ -69,7 +69,7 @@ class MatMulBatchNorm(RewriteRuleClassBase):
             return result.fail("training-mode BatchNormalization")
         if _rank(x) != 2 or x.dtype not in _GEMM_TYPES:
             return result.fail("MatMul input is not 2-D")
-        arrays = [_constant(v) for v in (w, scale, bias, mean, var)]
+        arrays = [constant_array(v) for v in (w, scale, bias, mean, var)]
         if any(a is None for a in arrays) or arrays[0].ndim != 2:
             return result.fail("weights or BatchNormalization parameters are not constant")
         self._arrays = arrays

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeopt.ir.errors import TargetError, UserError
-from edgeopt.passes.options import NoOptions, convert
+from edgeopt.passes.options import NoOptions, convert_values
 
 
 @dataclass
@@ -71,19 +70,7 @@ def build_emitter_options(backend: str, options_type: type, raw: Mapping[str, An
     """Instantiate an emitter's Options dataclass; an unknown key or bad value is a one-line error."""
     if not dataclasses.is_dataclass(options_type):
         return options_type()
-    hints = typing.get_type_hints(options_type)
-    fields = {f.name for f in dataclasses.fields(options_type)}
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = key.replace("-", "_")
-        if name not in fields:
-            known = ", ".join(sorted(fields)) or "none"
-            raise UserError(f"backend '{backend}': unknown option '{key}' (known: {known})")
-        try:
-            values[name] = convert(value, hints[name])
-        except ValueError as error:
-            raise UserError(f"backend '{backend}': option '{key}={value}': {error}") from None
-    return options_type(**values)
+    return options_type(**convert_values(f"backend '{backend}'", options_type, raw, UserError))
 
 
 _EMITTERS: dict[str, type[Emitter]] = {}

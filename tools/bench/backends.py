@@ -48,6 +48,7 @@ from edgeopt.ir.reference import ReferenceExecutor
 from edgeopt.passes import PassContext, PassManager, instantiate, parse_pipeline
 from edgeopt.targets import get_emitter, get_target
 from edgeopt.targets.cost import CostModel
+from tools.bench.tables import render_markdown, render_text
 
 PIPELINE = "cleanup,fuse,cleanup"  # edgeopt.driver.DEFAULT_PIPELINE (the CLI layer is not imported here)
 SEQUENCE = {"small": 16, "full": 128}
@@ -209,19 +210,6 @@ def table(rows: list[Row]) -> list[list[str]]:
                      _fmt(untuned.latency_ms, ".2f"), _fmt(tuned_ms, ".2f"), _ratio(tuned_ms, ort_ms),
                      str(tvm.extra.get("trials", "-")), trt_state, _fmt(trt.max_abs, ".1e")])
     return body
-
-
-def render_text(body: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in body) for i in range(len(body[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in body]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
-def render_markdown(body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(body[0]) + " |", "|" + "---|" * len(body[0])]
-    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in r) + " |" for r in body[1:]]
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from tools.bench.tables import render_markdown, render_text
+
 TOOLS = ("original", "edgeopt", "onnxsim", "onnxslim", "ort-basic")
 PEERS = ("onnxsim", "onnxslim", "ort-basic")
 REL_TOLERANCE = 1e-5
@@ -249,20 +251,6 @@ def table(rows: list[Row]) -> list[list[str]]:
     return body
 
 
-def render_text(body: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in body) for i in range(len(body[0]))]
-    lines = ["  ".join(cell.ljust(w) if i < 2 or i == 8 else cell.rjust(w) for i, (cell, w)
-                       in enumerate(zip(r, widths, strict=True))) for r in body]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
-def render_markdown(body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(body[0]) + " |", "|" + "---|" * len(body[0])]
-    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in r) + " |" for r in body[1:]]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench.simplify", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -291,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(bench_model(name, args.size, zoo_dir, work, TOOLS, args.runs, args.timeout,
                                     max(1, args.repeat)))
     body = table(rows)
-    print(render_text(body))
+    print(render_text(body, left={0, 1, 8}))
     misses = [r for r in rows if r.tool == "edgeopt" and r.bar]
     print(f"\nbar met on {sum(1 for r in rows if r.tool == 'edgeopt') - len(misses)}"
           f"/{sum(1 for r in rows if r.tool == 'edgeopt')} models")
