@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from edgeopt.ir.errors import UserError
 from edgeopt.ir.model_io import PROTOBUF_LIMIT, model_bytes, save_model
 from edgeopt.ir.reference import compare_outputs
 
@@ -78,3 +79,11 @@ def by_position(reference: Mapping[str, np.ndarray], arrays: list[np.ndarray]) -
     if len(arrays) != len(names):
         raise ValueError(f"backend returned {len(arrays)} output(s), the reference has {len(names)}")
     return dict(zip(names, arrays, strict=True))
+
+
+def check_dim_names(backend: str, option: str, given: set[str], used: set[str]) -> None:
+    """A size given for a dim the model does not have is a typo: say which, and what the model has."""
+    unknown = given - used
+    if unknown:
+        raise UserError(f"backend '{backend}': {option} names unknown dim(s) {', '.join(sorted(unknown))}"
+                        f" (the model's are: {', '.join(sorted(used)) or 'none'})")

@@ -33,7 +33,14 @@ import onnxruntime as ort
 from edgeopt.ir.errors import UserError
 from edgeopt.passes.options import option
 from edgeopt.targets.emitters.base import EmitResult, Emitter, register_emitter
-from edgeopt.targets.emitters.common import by_position, compare, is_quantized, op_inventory, write_onnx
+from edgeopt.targets.emitters.common import (
+    by_position,
+    check_dim_names,
+    compare,
+    is_quantized,
+    op_inventory,
+    write_onnx,
+)
 
 DATA = Path(__file__).parent / "data"
 # build_engine.py --dry-run setting -> build_config.json key: the script must read the bundle's settings.
@@ -125,10 +132,7 @@ def profile_shapes(model: ir.Model, opts: TensorRtOptions) -> dict[str, list[lis
             for row, size in zip(triple, (low, opt, high), strict=True):
                 row.append(size)
         shapes[value.name] = triple
-    unknown = set(ranges) - used
-    if unknown:
-        raise UserError(f"backend 'tensorrt': profile names unknown dim(s) {', '.join(sorted(unknown))}"
-                        f" (the model's are: {', '.join(sorted(used)) or 'none'})")
+    check_dim_names("tensorrt", "profile", set(ranges), used)
     return shapes
 
 

@@ -26,7 +26,15 @@ from edgeopt.passes import PassContext, get_pass
 from edgeopt.passes.options import option
 from edgeopt.targets.emitters import tvm_tuning
 from edgeopt.targets.emitters.base import EmitResult, Emitter, register_emitter
-from edgeopt.targets.emitters.common import by_position, compare, is_quantized, onnx_bytes, op_name, time_call
+from edgeopt.targets.emitters.common import (
+    by_position,
+    check_dim_names,
+    compare,
+    is_quantized,
+    onnx_bytes,
+    op_name,
+    time_call,
+)
 
 CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-gcc", "arm": "arm-linux-gnueabihf-gcc"}
 
@@ -188,10 +196,7 @@ def _bound_shapes(model: ir.Model, sizes: Mapping[str, int] | None = None) -> di
             used.add(str(dim))
             dims.append(sizes.get(str(dim), 1))
         shapes[value.name] = dims
-    unknown = set(sizes) - used
-    if unknown:
-        raise UserError(f"backend 'tvm': dims names unknown dim(s) {', '.join(sorted(unknown))}"
-                        f" (the model's are: {', '.join(sorted(used)) or 'none'})")
+    check_dim_names("tvm", "dims", set(sizes), used)
     return shapes
 
 
