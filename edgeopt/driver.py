@@ -41,6 +41,15 @@ from edgeopt.targets.cost import CostModel
 from edgeopt.targets.emitters.select import choose_backend
 
 DEFAULT_PIPELINE = "cleanup,fuse,cleanup"
+# For the onnxruntime backend transformer blocks also become ONNX Runtime's contrib ops (its
+# fastest kernels), which no other runtime runs; fuse-ort checks ctx.backend itself as well.
+ORT_TAIL = "fuse-ort,cleanup"
+ONNXRUNTIME_PIPELINE = f"cleanup,fuse,{ORT_TAIL}"
+
+
+def default_pipeline(backend: str | None) -> str:
+    """What `compile` runs when no pipeline is given; ``backend`` is None while `--backend auto` has not chosen."""
+    return ONNXRUNTIME_PIPELINE if backend == "onnxruntime" else DEFAULT_PIPELINE
 
 
 @dataclass
@@ -83,7 +92,7 @@ def resolve_pipeline(request: CompileRequest, ctx: PassContext) -> list:
     if request.config:
         specs = load_pipeline_config(request.config)
     else:
-        specs = parse_pipeline(request.passes or DEFAULT_PIPELINE)
+        specs = parse_pipeline(request.passes or default_pipeline(ctx.backend))
     return instantiate(specs, ctx)
 
 
@@ -108,7 +117,8 @@ def compile_model(request: CompileRequest,
     say(f"loading {request.model}")
     model = load_model(request.model)
     # The target's cost model (calibrated when `edgeopt calibrate` saved a file) for passes to query.
-    ctx = PassContext(target=target, cost=CostModel(target, None if backend == "auto" else backend))
+    chosen = None if backend == "auto" else backend
+    ctx = PassContext(target=target, cost=CostModel(target, chosen), backend=chosen)
     passes = resolve_pipeline(request, ctx)  # bad pass names fail before any heavy work
 
     executor = ReferenceExecutor()
@@ -141,11 +151,20 @@ def compile_model(request: CompileRequest,
             say("measuring onnxruntime and tvm")
             backend, auto_notes = choose_backend(target, model, inputs, reference, request.backend_options)
             emitter = _emitter_for(target, backend, False)
+            if backend == "onnxruntime" and not (request.passes or request.config):
+                # The default pipeline ran before the choice, without ONNX Runtime's contrib-op fusions.
+                ctx.backend = backend
+                tail = PassManager(instantiate(parse_pipeline(ORT_TAIL), ctx), instruments, ctx).run(model)
+                result = PipelineResult(tail.model, result.records + tail.records,
+                                        f"{result.pipeline},{tail.pipeline}", result.seconds + tail.seconds)
+                model = result.model
         emitter.check(model)
         say(f"emitting for {backend}")
         emitted = emitter.emit(model, staging, {**target.backend_options.get(backend, {}), **request.backend_options})
         emitted.notes[:0] = auto_notes
-        final = compare_outputs(reference, executor.run(model, inputs), atol=1e-4, rtol=1e-3)
+        # The ONNX Runtime artifact is this IR already saved: run the file rather than serialize again.
+        runnable = emitted.artifact if backend == "onnxruntime" else model
+        final = compare_outputs(reference, executor.run(runnable, inputs), atol=1e-4, rtol=1e-3)
         emitter.validate(emitted, inputs, reference, measure=request.measure and target.name == "host-cpu")
         seconds = time.perf_counter() - began
         report = write_report(staging, request, target, result, emitted, final, seconds)

@@ -130,12 +130,16 @@ class ReferenceExecutor:
         self.providers = list(providers)
         self.optimization = optimization
 
-    def session(self, model: ir.Model) -> ort.InferenceSession:
+    def _options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.graph_optimization_level = self.optimization
         options.log_severity_level = 3
         if self.threads:
             options.intra_op_num_threads = self.threads
+        return options
+
+    def session(self, model: ir.Model) -> ort.InferenceSession:
+        options = self._options()
         if model_bytes(model) < PROTOBUF_LIMIT - 64 * 2**20:
             payload = ir.serde.serialize_model(model).SerializeToString()
             return ort.InferenceSession(payload, options, providers=self.providers)
@@ -166,13 +170,24 @@ class ReferenceExecutor:
                 feeds[value.name] = rng.integers(0, high, size=dims).astype(dtype)
         return feeds
 
-    def run(self, model: ir.Model, inputs: Mapping[str, np.ndarray],
+    def session_from_file(self, path: Path) -> ort.InferenceSession:
+        """A session on a model already saved (saves serializing the IR again)."""
+        return ort.InferenceSession(str(path), self._options(), providers=self.providers)
+
+    def run(self, model: ir.Model | Path, inputs: Mapping[str, np.ndarray],
             extra_outputs: Iterable[str] = ()) -> Feeds:
-        """Outputs by name; ``extra_outputs`` names intermediate values to return as well."""
+        """Outputs by name; ``model`` may be a saved file; ``extra_outputs`` names intermediate values too."""
+        if isinstance(model, Path):
+            if extra_outputs:
+                raise ValueError("extra_outputs needs the IR, not a saved file")
+            return self._run(self.session_from_file(model), inputs)
         extra = [name for name in extra_outputs]
         if extra:
             model = _with_outputs(model, extra)
-        session = self.session(model)
+        return self._run(self.session(model), inputs)
+
+    @staticmethod
+    def _run(session: ort.InferenceSession, inputs: Mapping[str, np.ndarray]) -> Feeds:
         names = [output.name for output in session.get_outputs()]
         allowed = {i.name for i in session.get_inputs()}
         feeds = {name: array for name, array in inputs.items() if name in allowed}
