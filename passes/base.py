@@ -46,6 +46,9 @@ class PassContext:
 
     target: Any = None
     cost: CostQuery | None = None
+    # The backend the result is emitted for ("onnxruntime", "tvm"...); None while unknown
+    # (`--backend auto` picks it after the pipeline). Runtime-specific passes (fuse-ort) check it.
+    backend: str | None = None
     analyses: AnalysisManager = field(default_factory=AnalysisManager)
     calibration_data: Callable[[], Any] | None = None
     reference_inputs: Mapping[str, np.ndarray] | None = None

@@ -13,6 +13,7 @@ from edgeopt.passes.cleanup import (  # noqa: F401
 from edgeopt.passes.fusion import (  # noqa: F401
     conv_bn,
     fuse,
+    ort_contrib,
     rules_activation,
     rules_conv,
     rules_layout,

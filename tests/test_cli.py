@@ -29,7 +29,7 @@ def test_compile_writes_model_manifest_and_report(tmp_path: Path, example_model:
     assert metrics["nodes_after"] < metrics["nodes_before"] and metrics["max_abs_error"] < 1e-4
     assert metrics["latency_ms"] > 0
     report = json.loads((out / "report.json").read_text())
-    assert report["pipeline"] == "cleanup,fuse,cleanup"
+    assert report["pipeline"] == "cleanup,fuse,fuse-ort,cleanup"  # host-cpu defaults to onnxruntime
     fuse = next(r for r in report["passes"] if r["name"] == "fuse")
     assert fuse["counts"] == {"conv-bn": 4}
     # The table is printed, and the written model agrees with the original.

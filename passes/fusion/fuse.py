@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnxscript.rewriter import RewriteRule, RewriteRuleSet
-from onnxscript.rewriter._pattern_ir import NodeOutputPattern
+from onnxscript.rewriter._pattern_ir import NodeOutputPattern, StringConstantPattern
 
 from edgeopt.ir.errors import PipelineError
 from edgeopt.ir.model_io import default_opset
@@ -25,7 +25,7 @@ class FuseOptions:
                                  space=IntRange(1, 16))
 
 
-def _needed_ops(rule: RewriteRule) -> frozenset[tuple[str, str]]:
+def needed_ops(rule: RewriteRule) -> frozenset[tuple[str, str]]:
     """(domain, op) pairs every match of ``rule`` needs.
 
     Walked from the pattern's outputs through plain node outputs only: a node
@@ -41,13 +41,17 @@ def _needed_ops(rule: RewriteRule) -> frozenset[tuple[str, str]]:
             continue
         seen.add(id(producer))
         identifier = producer.op_identifier()
+        if identifier is None and isinstance(producer.op, StringConstantPattern) \
+                and isinstance(producer.domain, StringConstantPattern):
+            # A commuted copy (rule.commute()) loses the identifier but keeps constant domain and op.
+            identifier = (producer.domain.value(), producer.op.value(), "")
         if identifier is not None:
             needed.add((identifier[0] or "", identifier[1]))
         stack.extend(v for v in producer.inputs if v is not None)
     return frozenset(needed)
 
 
-def _ops_in(model: ir.Model) -> set[tuple[str, str]]:
+def ops_in(model: ir.Model) -> set[tuple[str, str]]:
     ops = {(node.domain, node.op_type) for graph in model.graphs() for node in graph}
     ops |= {(node.domain, node.op_type) for function in model.functions.values() for node in function}
     return {("" if domain == "ai.onnx" else domain, op) for domain, op in ops}
@@ -62,9 +66,9 @@ def apply_fusions(model: ir.Model, fusions: list[FusionRule], max_iterations: in
     """
     counts: dict[str, int] = {}
     sweeps = 0
-    rule_sets = [(fusion.name, _needed_ops(rule), RewriteRuleSet([rule], commute=fusion.commute))
+    rule_sets = [(fusion.name, needed_ops(rule), RewriteRuleSet([rule], commute=fusion.commute))
                  for fusion in fusions for rule in fusion.rules]
-    present = _ops_in(model)
+    present = ops_in(model)
     while sweeps < max_iterations:
         sweeps += 1
         changed = 0
@@ -75,7 +79,7 @@ def apply_fusions(model: ir.Model, fusions: list[FusionRule], max_iterations: in
             if applied:
                 counts[name] = counts.get(name, 0) + applied
                 changed += applied
-                present = _ops_in(model)
+                present = ops_in(model)
         if not changed:
             break
     if counts:

@@ -50,9 +50,12 @@ class Emitter:
     def check(self, model: ir.Model) -> None:
         missing = self.unsupported_ops(model)
         if missing:
+            contrib = any(op.startswith("com.microsoft::") for op in missing)
             raise UserError(
                 f"backend '{self.backend}' cannot run op(s) {', '.join(sorted(missing))};"
-                " choose another --backend or a pipeline that removes them"
+                + (" com.microsoft ops are ONNX Runtime contrib ops (fuse-ort makes them), only --backend"
+                   " onnxruntime runs them" if contrib else " choose another --backend or a pipeline that"
+                   " removes them")
             )
 
     def emit(self, model: ir.Model, folder: Path, options: Mapping[str, Any]) -> EmitResult:

@@ -1,5 +1,9 @@
 """Simplifier benchmark: edgeopt's default pipeline against onnxsim, OnnxSlim and ORT's basic offline optimizer.
 
+edgeopt's row is the default pipeline for the onnxruntime backend (host-cpu's default), which
+fuses transformer blocks into ONNX Runtime contrib ops, as onnxsim's row may do too; the
+"bar" column names every result that uses ops outside the ONNX standard.
+
     python -m tools.bench.simplify [--size full|small] [--only a,b] [--repeat N] [--out table.md] [--zoo-dir DIR]
 
 Every zoo model is simplified by each tool in a child process (a peer that
@@ -57,7 +61,7 @@ class Row:
 def _optimize(tool: str, src: str, dst: str) -> float:
     """Run one tool on ``src`` writing ``dst``; returns its wall time (load to save, imports excluded)."""
     if tool == "edgeopt":
-        from edgeopt.driver import DEFAULT_PIPELINE
+        from edgeopt.driver import default_pipeline
         from edgeopt.ir import load_model, save_model
         from edgeopt.passes import PassContext, PassManager, instantiate, parse_pipeline
         from edgeopt.passes.registry import registered_passes
@@ -69,9 +73,11 @@ def _optimize(tool: str, src: str, dst: str) -> float:
         import onnxslim
     start = time.perf_counter()
     if tool == "edgeopt":
-        ctx = PassContext()
+        # What `edgeopt compile --target host-cpu` runs: its default backend is ONNX Runtime, the
+        # runtime every row here is measured in, so transformer blocks become its contrib ops.
+        ctx = PassContext(backend="onnxruntime")
         model = load_model(src)
-        result = PassManager(instantiate(parse_pipeline(DEFAULT_PIPELINE), ctx), [], ctx).run(model)
+        result = PassManager(instantiate(parse_pipeline(default_pipeline(ctx.backend)), ctx), [], ctx).run(model)
         save_model(result.model, dst)
     elif tool == "onnxsim":
         model, ok = onnxsim.simplify(onnx.load(src))
@@ -244,8 +250,8 @@ def table(rows: list[Row]) -> list[list[str]]:
         diff_abs = _fmt(row.max_abs, ".1e") if row.status == "ok" else "error"
         diff_rel = _fmt(row.max_rel, ".1e") if row.status == "ok" else row.detail[:60]
         bar = ("ok" if not row.bar else "MISS: " + "; ".join(row.bar)) if row.tool == "edgeopt" else ""
-        if row.domains and row.tool != "edgeopt":
-            bar = f"uses {'/'.join(row.domains)} ops"
+        if row.domains:
+            bar = f"{bar}; " * bool(bar) + f"uses {'/'.join(row.domains)} ops"
         body.append([row.model, row.tool, _fmt(row.nodes, "d"), _fmt(row.bytes and row.bytes / 2**20, ".2f"),
                      _fmt(row.seconds, ".2f"), diff_abs, diff_rel, _fmt(row.latency_ms, ".2f"), bar])
     return body
