@@ -75,6 +75,24 @@ def test_fp16_keep_nodes_option() -> None:
     assert mm1.inputs[1].dtype == ir.DataType.FLOAT
 
 
+def test_fp16_result_is_topologically_sorted_for_later_passes() -> None:
+    # ORT's converter appends the graph-input Casts after their users; a pass after convert-fp16
+    # crashed in the pass manager's snapshot clone ("outer-scope value graph_input_cast_0").
+    model = attention_like()
+    executor = ReferenceExecutor()
+    feeds = executor.generate_inputs(model)
+    reference = executor.run(model, feeds)
+    ctx = PassContext()
+    result = PassManager(instantiate(parse_pipeline("convert-fp16,cleanup"), ctx), [], ctx).run(model)
+    assert result.records[0].status == "applied"
+    seen = {v.name for v in result.model.graph.inputs} | set(result.model.graph.initializers)
+    for node in result.model.graph:
+        assert all(v is None or v.name in seen for v in node.inputs), node.name
+        seen.update(v.name for v in node.outputs)
+    out = executor.run(result.model, feeds)
+    assert _relative_error(reference["y"], out["y"]) < 1e-2
+
+
 @pytest.mark.parametrize(("fmt", "op"), [("matmulnbits", "MatMulNBits"), ("qdq", "DequantizeLinear")])
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_int4_block_weights_run_in_ort_with_bounded_error(fmt: str, op: str, symmetric: bool) -> None:

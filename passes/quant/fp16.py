@@ -44,7 +44,11 @@ def convert_fp16(model: ir.Model, keep_ops: Iterable[str] = SENSITIVE_OPS, keep_
     block = sorted(set(keep_ops) | set(DEFAULT_OP_BLOCK_LIST))
     converted = convert_float_to_float16(proto, keep_io_types=keep_io_types, op_block_list=block,
                                          node_block_list=list(keep_nodes), disable_shape_infer=False)
-    return ir.serde.deserialize_model(converted)
+    result = ir.serde.deserialize_model(converted)
+    # The converter appends the graph-input Casts after their users; later passes (and the
+    # pass manager's snapshot clone) need topological order.
+    result.graph.sort()
+    return result
 
 
 def replace_model(model: ir.Model, new: ir.Model) -> None:
