@@ -212,3 +212,50 @@ def test_cpu_clock_times_one_thread_cpu_and_round_trips(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text(json.dumps(data))
     with pytest.raises(CalibrationError, match="unknown clock 'sundial'"):
         read_calibration(tmp_path / "bad.json")
+
+
+def test_fitted_regressor_is_stored_and_reused(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second CostModel (a new `edgeopt compile`) loads the stored fit; a changed file or sklearn refits."""
+    import sklearn
+
+    from edgeopt.targets.calibration import fit, store
+
+    target = get_target("jetson-orin-nx")
+    data = json.loads(_foreign_file(tmp_path).read_text())
+    data["method"] = "gbr"  # the regressor whose fit every compile used to repeat
+    source = tmp_path / "gbr.json"
+    source.write_text(json.dumps(data))
+    import_calibration(source, target)
+    fits: list[str] = []
+    real_fit = fit.fit_predictor
+
+    def counting_fit(*args, **kwargs):
+        fits.append(args[3])
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(fit, "fit_predictor", counting_fit)
+    model = load_model_from(make_conv_bn_model(batch=1), tmp_path)
+    cost = CostModel(target)
+    assert fits == []  # constructing fits nothing: latency is not asked yet
+    first = cost.latency(model)
+    assert fits == ["gbr"]
+    stored = cache / "fitted" / "jetson-orin-nx-16gb-tensorrt-0123456789abcdef.pkl"
+    assert stored.is_file()
+    store._MEMORY.clear()  # as in a new process
+    assert CostModel(target).latency(model) == first
+    assert fits == ["gbr"]  # loaded from the stored fit, not refitted
+    # Another calibration content (a recalibration) or another scikit-learn: refit and rewrite.
+    saved = json.loads(next(cache.glob("*.json")).read_text())
+    saved["samples"][0]["seconds"] *= 1.5
+    next(cache.glob("*.json")).write_text(json.dumps(saved))
+    store._MEMORY.clear()
+    CostModel(target).latency(model)
+    assert fits == ["gbr", "gbr"]
+    store._MEMORY.clear()
+    monkeypatch.setattr(sklearn, "__version__", "0.0-other")
+    CostModel(target).latency(model)
+    assert fits == ["gbr", "gbr", "gbr"]
+    store._MEMORY.clear()
+    stored.write_bytes(b"truncated")  # a damaged fit file is refitted, not an error
+    CostModel(target).latency(model)
+    assert len(fits) == 4

@@ -11,6 +11,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeopt.ir import load_model
 from edgeopt.ir.errors import TargetError, UserError
 from edgeopt.targets import get_target, target_from_dict
 from edgeopt.targets.cost import CostModel, group_kernels, peak_activation_bytes
@@ -208,3 +209,76 @@ def test_gelu_and_silu_islands_are_one_kernel_each() -> None:
     assert [k.kind for k in ort] == ["gemm", "elementwise", "elementwise"]
     ov = group_kernels(model, shapes, "openvino")  # oneDNN takes the bias into the MatMul
     assert ov[0].ops.startswith("MatMul+Add")
+
+
+def _openvino_runtime_nodes(path: Path) -> list[tuple[str, list[str]]]:
+    """(layerType, originalLayersNames) of every op the OpenVINO CPU plugin runs for ``path``."""
+    ov = pytest.importorskip("openvino")
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1})
+    out = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str)
+        if kind in ("Parameter", "Result", "Input", "Output", "Const", "Reshape", "Reorder"):
+            continue
+        names = info["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in info else []
+        out.append((kind, [n for n in names if n]))
+    return out
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3", "efficientnet_b0", "vit_tiny"])
+def test_openvino_kernels_match_the_cpu_plugins_fusion(name: str, tmp_path: Path) -> None:
+    """Our openvino kernels are the ops OpenVINO's CPU plugin runs (its runtime model is the ground truth).
+
+    SE blocks (Reduce, Convolution, Convolution+Sigmoid, HardSigmoid as Math, the scale Mul as
+    Eltwise), Swish taken by the conv, GELU by the FullyConnected, attention as one MHA Subgraph.
+    """
+    from tools.zoo import build
+
+    path = build(name, tmp_path, size="small")
+    model = load_model(path)
+    kernels = CostModel(get_target("host-cpu"), "openvino", use_cache=False).kernels(model)
+    owner = {}
+    for index, kernel in enumerate(kernels):
+        for node in kernel.nodes:
+            owner[node.name] = index
+            owner.update({v.name: index for v in node.outputs})
+    compute = {"conv", "depthwise", "gemm", "elementwise", "pooling", "softmax", "attention", "recurrent"}
+    runtime = _openvino_runtime_nodes(path)
+    hits: dict[int, list[str]] = {}
+    for kind, names in runtime:
+        ours = sorted({owner[n] for n in names if n in owner and kernels[owner[n]].kind in compute})
+        assert len(ours) <= 1, f"OpenVINO {kind} runs {[kernels[i].ops for i in ours]} as one kernel"
+        for index in ours:
+            hits.setdefault(index, []).append(kind)
+    for index, kernel in enumerate(kernels):
+        if kernel.kind in compute:
+            assert len(hits.get(index, [])) == 1, f"{kernel.ops}: OpenVINO runs {hits.get(index)}"
+    # LayerNormalization becomes a renamed MVN node: compare counts.
+    assert sum(k.kind == "normalization" for k in kernels) == sum(kind == "MVN" for kind, _ in runtime)
+    if name == "vit_tiny":
+        assert any(k.kind == "attention" for k in kernels)
+
+
+def test_openvino_post_op_rules() -> None:
+    """Conv + Swish + residual Add: the Add after an activation is no post-op; an SE scale Mul is none."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c1"], ["s1"], name="sig1"),
+        helper.make_node("Mul", ["c1", "s1"], ["a1"], name="swish1"),
+        helper.make_node("Add", ["a1", "x"], ["r"], name="residual"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
+        helper.make_node("Conv", ["p", "w2"], ["c2"], name="gate_conv"),
+        helper.make_node("Sigmoid", ["c2"], ["g"], name="gate_sig"),
+        helper.make_node("Mul", ["r", "g"], ["se"], name="se_scale"),
+        helper.make_node("Conv", ["se", "w3"], ["c3"], name="conv3"),
+        helper.make_node("HardSigmoid", ["c3"], ["h"], name="hsig"),
+        helper.make_node("Mul", ["h", "c3"], ["y"], name="mul"),
+    ]
+    model = _model(nodes, [_f("x", [1, 4, 8, 8])], [_f("y", [1, 4, 8, 8])],
+                   [_w("w1", (4, 4, 3, 3)), _w("w2", (4, 4, 1, 1)), _w("w3", (4, 4, 1, 1))])
+    cost = CostModel(target_from_dict(ONE_GFLOPS_TARGET), "openvino", use_cache=False)
+    ov = [k.ops for k in cost.kernels(model)]
+    assert ov == ["Conv+Sigmoid+Mul", "Add", "GlobalAveragePool", "Conv+Sigmoid", "Mul", "Conv", "HardSigmoid", "Mul"]
+    ort = [k.ops for k in CostModel(target_from_dict(ONE_GFLOPS_TARGET), "onnxruntime", use_cache=False).kernels(model)]
+    assert ort[:2] == ["Conv", "Sigmoid+Mul"]  # ORT: no Swish post-op, QuickGelu-style island

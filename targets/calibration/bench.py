@@ -1,9 +1,9 @@
 """Kernel micro-benchmarks: single-kernel ONNX models built with onnx.helper.
 
-Each family samples shapes from the ranges real edge models use (the nn-Meter recipe:
-sample the configuration space of each kernel type, then sample more densely where the
-predictor is worst) and builds a tiny model whose main kernel is the one measured.
-``neighbor`` perturbs one parameter for adaptive sampling. Composition networks (small
+Each family's configurations are drawn in sampling.py (the nn-Meter recipe: sample the
+configuration space of each kernel type, then more densely where the predictor is worst,
+``neighbor``); ``build`` turns one into a tiny model whose main kernel is the one measured.
+Composition networks (small
 random CNNs and MLP/attention stacks, never the zoo models) calibrate how kernel
 times add up inside a whole model.
 """
@@ -12,30 +12,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeopt.targets.calibration.sampling import _UNARY, FAMILIES, MAX_ELEMENTS, MAX_FLOPS, Spec, neighbor, sample
+
+__all__ = ["FAMILIES", "MAX_ELEMENTS", "MAX_FLOPS", "Spec", "build", "neighbor", "sample"]
+
 OPSET = 17
-MAX_FLOPS = 8e8  # keep one benchmark run in the tens of milliseconds on a small CPU
-MAX_ELEMENTS = 6e6
-_CH = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512)
-_HW = (7, 14, 28, 56, 112)
-
-
-@dataclass
-class Spec:
-    family: str
-    params: dict[str, Any]
-    precision: str = "fp32"
-    label: str = field(default="")
-
-    def describe(self) -> str:
-        inner = ",".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.family}[{self.precision}]({inner})"
 
 
 class _Builder:
@@ -128,7 +115,22 @@ def _epilogue(b: _Builder, y: str, epilogue: str, shape: tuple[int, ...]) -> str
         y = b.node("Relu", [y])
     elif epilogue == "clip":
         y = b.node("Clip", [y, b.const(np.array(0.0, np.float32)), b.const(np.array(6.0, np.float32))])
+    elif epilogue == "sigmoid":  # an SE gate's last conv
+        y = b.node("Sigmoid", [y])
+    elif epilogue == "hardswish":
+        y = b.node("HardSwish", [y])
+    elif epilogue == "swish":  # SiLU as torch exports it: x * Sigmoid(x)
+        y = b.node("Mul", [y, b.node("Sigmoid", [y])])
+    elif epilogue == "gelu":
+        y = _gelu(b, y)
     return y
+
+
+def _gelu(b: _Builder, x: str) -> str:
+    """GELU as torch exports it (erf form)."""
+    d = b.node("Div", [x, b.const(np.array(math.sqrt(2), np.float32))])
+    a = b.node("Add", [b.node("Erf", [d]), b.const(np.array(1.0, np.float32))])
+    return b.node("Mul", [b.node("Mul", [x, a]), b.const(np.array(0.5, np.float32))])
 
 
 def _conv(b: _Builder, p: dict[str, Any]) -> list[str]:
@@ -139,7 +141,7 @@ def _conv(b: _Builder, p: dict[str, Any]) -> list[str]:
                strides=[s, s], pads=[k // 2] * 4, group=groups)
     out = (1, cout, (hw + s - 1) // s, (hw + s - 1) // s)
     epilogue = p.get("epilogue", "none")
-    if b.precision == "int8" and epilogue in ("add_relu", "clip"):
+    if b.precision == "int8" and epilogue not in ("none", "relu"):
         # Quantizers leave only Relu inside QLinearConv (a residual Add becomes its own QLinearAdd).
         epilogue = "relu"
     return [b.act(_epilogue(b, y, epilogue, out), nonnegative=epilogue in ("relu", "add_relu", "clip"))]
@@ -157,12 +159,8 @@ def _gemm(b: _Builder, p: dict[str, Any]) -> list[str]:
         return [b.act(y)]  # MatMul -> Q is what becomes QLinearMatMul; quantizers put the bias Add after it
     if p.get("bias", True):
         y = b.node("Add", [y, b.const(np.zeros(n, np.float32), "b")])
-    if p.get("epilogue") == "relu":
-        y = b.node("Relu", [y])
+    y = _epilogue(b, y, str(p.get("epilogue", "none")), ())
     return [b.act(y, nonnegative=p.get("epilogue") == "relu")]
-
-
-_UNARY = ("Relu", "Sigmoid", "HardSwish", "HardSigmoid", "Tanh", "Erf", "Clip")
 
 
 def _elementwise(b: _Builder, p: dict[str, Any]) -> list[str]:
@@ -170,11 +168,7 @@ def _elementwise(b: _Builder, p: dict[str, Any]) -> list[str]:
     op = p["op"]
     x = b.input(shape)
     if op == "gelu":
-        d = b.node("Div", [x, b.const(np.array(math.sqrt(2), np.float32))])
-        e = b.node("Erf", [d])
-        a = b.node("Add", [e, b.const(np.array(1.0, np.float32))])
-        m = b.node("Mul", [x, a])
-        y = b.node("Mul", [m, b.const(np.array(0.5, np.float32))])
+        y = _gelu(b, x)
     elif op == "Clip":
         y = b.node("Clip", [x, b.const(np.array(0.0, np.float32)), b.const(np.array(6.0, np.float32))])
     elif op in _UNARY:
@@ -232,20 +226,48 @@ def _data(b: _Builder, p: dict[str, Any]) -> list[str]:
 
 
 def _recurrent(b: _Builder, p: dict[str, Any]) -> list[str]:
+    """An LSTM / GRU layer as torch exports it: bias, zero initial states, GRU linear_before_reset."""
     seq, inp, hidden, op = p["seq"], p["input"], p["hidden"], p["op"]
     gates = 4 if op == "LSTM" else 3
     directions = 2 if p.get("bidirectional") else 1
     x = b.input((seq, 1, inp))
     w = b.const(b.rng.standard_normal((directions, gates * hidden, inp)).astype(np.float32) * 0.1, "w")
     r = b.const(b.rng.standard_normal((directions, gates * hidden, hidden)).astype(np.float32) * 0.1, "r")
-    y = b.node(op, [x, w, r], outputs=1, hidden_size=hidden,
-               direction="bidirectional" if directions == 2 else "forward")
+    inputs = [x, w, r]
+    attrs: dict[str, Any] = {}
+    if p.get("torch", True):
+        bias = b.const(b.rng.standard_normal((directions, 2 * gates * hidden)).astype(np.float32) * 0.1, "b")
+        zeros = b.const(np.zeros((directions, 1, hidden), np.float32), "h0")
+        inputs += [bias, "", zeros] + ([zeros] if op == "LSTM" else [])
+        if op == "GRU":
+            attrs["linear_before_reset"] = 1
+    y = b.node(op, inputs, outputs=1, hidden_size=hidden,
+               direction="bidirectional" if directions == 2 else "forward", **attrs)
     return [y]
+
+
+def _attention(b: _Builder, p: dict[str, Any]) -> list[str]:
+    """Scaled dot-product attention on projected q, k, v: what fusing backends run as one MHA kernel.
+
+    q and v arrive as [1, s, heads, d] (a projection's output reshaped) and are transposed
+    inside the block; k arrives already transposed to [1, heads, d, s] (its Transpose is a
+    kernel of its own on OpenVINO); an optional additive mask as BERT-style encoders have it.
+    """
+    s, heads, d = p["s"], p["heads"], p["d"]
+    q = b.node("Transpose", [b.input((1, s, heads, d))], perm=[0, 2, 1, 3])
+    v = b.node("Transpose", [b.input((1, s, heads, d))], perm=[0, 2, 1, 3])
+    scores = b.node("Div", [b.node("MatMul", [q, b.input((1, heads, d, s))]),
+                            b.const(np.array(math.sqrt(d), np.float32))])
+    if p.get("mask"):
+        scores = b.node("Add", [scores, b.input((1, 1, 1, s))])
+    context = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
+    return [b.node("Transpose", [context], perm=[0, 2, 1, 3])]
 
 
 BUILDERS: dict[str, Callable[[_Builder, dict[str, Any]], list[str]]] = {
     "conv": _conv, "depthwise": _conv, "gemm": _gemm, "elementwise": _elementwise, "pooling": _pooling,
     "normalization": _normalization, "softmax": _softmax, "data": _data, "recurrent": _recurrent,
+    "attention": _attention,
 }
 
 
@@ -253,135 +275,3 @@ def build(spec: Spec, seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndar
     b = _Builder(spec.precision, seed)
     outputs = BUILDERS[spec.family](b, spec.params)
     return b.model(outputs), b.feeds
-
-
-def _choice(rng: np.random.Generator, values: tuple) -> Any:
-    return values[int(rng.integers(len(values)))]
-
-
-def sample(family: str, rng: np.random.Generator, precision: str = "fp32") -> Spec:
-    """One random configuration of ``family`` within the size caps."""
-    for _ in range(50):
-        p = _SAMPLERS[family](rng)
-        if _flops(family, p) <= MAX_FLOPS and _elements(family, p) <= MAX_ELEMENTS:
-            return Spec(family, p, precision)
-    return Spec(family, p, precision)
-
-
-def neighbor(spec: Spec, rng: np.random.Generator) -> Spec:
-    """A configuration next to ``spec``: one parameter re-drawn (adaptive sampling)."""
-    for _ in range(50):
-        fresh = _SAMPLERS[spec.family](rng)
-        key = _choice(rng, tuple(k for k in spec.params if k in fresh and k != "groups"))
-        params = {**spec.params, key: fresh[key]}
-        if spec.family == "depthwise":
-            params["cin"] = params["cout"] = params["groups"] = params[key] if key in ("cin", "cout") else \
-                params["cin"]
-        if _flops(spec.family, params) <= MAX_FLOPS and _elements(spec.family, params) <= MAX_ELEMENTS:
-            return Spec(spec.family, params, spec.precision)
-    return sample(spec.family, rng, spec.precision)
-
-
-def _conv_params(rng: np.random.Generator) -> dict[str, Any]:
-    if rng.random() < 0.12:  # stems: 3 input channels at full resolution
-        return {"cin": 3, "cout": int(_choice(rng, (16, 24, 32, 64))), "k": int(_choice(rng, (3, 7))),
-                "stride": 2, "hw": int(_choice(rng, (224, 320, 448, 640))), "epilogue": "relu"}
-    k = int(_choice(rng, (1, 1, 3, 3, 3, 5)))
-    return {"cin": int(_choice(rng, _CH)), "cout": int(_choice(rng, _CH)), "k": k,
-            "stride": int(_choice(rng, (1, 1, 1, 2))), "hw": int(_choice(rng, (*_HW, 20, 40, 80, 160))),
-            "epilogue": str(_choice(rng, ("none", "relu", "add_relu", "clip")))}
-
-
-def _depthwise_params(rng: np.random.Generator) -> dict[str, Any]:
-    c = int(_choice(rng, (16, 32, 64, 96, 144, 192, 240, 384, 480, 576, 672, 960)))
-    return {"cin": c, "cout": c, "groups": c, "k": int(_choice(rng, (3, 3, 5))),
-            "stride": int(_choice(rng, (1, 1, 2))), "hw": int(_choice(rng, (*_HW, 20, 40, 80))),
-            "epilogue": str(_choice(rng, ("none", "relu", "clip")))}
-
-
-def _gemm_params(rng: np.random.Generator) -> dict[str, Any]:
-    if rng.random() < 0.3:
-        s = int(_choice(rng, (16, 32, 50, 64, 128, 197, 256)))
-        d = int(_choice(rng, (32, 64)))
-        transposed = rng.random() < 0.5
-        return {"batched": True, "heads": int(_choice(rng, (3, 4, 8, 12))), "m": s, "k": d if not transposed else s,
-                "n": s if not transposed else d}
-    return {"m": int(_choice(rng, (1, 8, 16, 50, 64, 128, 197, 256, 512))),
-            "k": int(_choice(rng, (64, 128, 192, 256, 384, 512, 768, 1024, 1280, 2048, 3072))),
-            "n": int(_choice(rng, (10, 64, 128, 192, 256, 384, 512, 768, 1000, 1024, 3072))),
-            "bias": bool(rng.random() < 0.8), "epilogue": str(_choice(rng, ("none", "relu")))}
-
-
-def _shape4(rng: np.random.Generator) -> list[int]:
-    if rng.random() < 0.3:
-        return [1, int(_choice(rng, (16, 50, 64, 128, 197, 256))), int(_choice(rng, (128, 192, 256, 768, 1024)))]
-    return [1, int(_choice(rng, _CH)), *([int(_choice(rng, (*_HW, 20, 40, 80, 160)))] * 2)]
-
-
-def _elementwise_params(rng: np.random.Generator) -> dict[str, Any]:
-    op = str(_choice(rng, ("Add", "Add", "Mul", "scale", "const", "gelu", *_UNARY, "Sigmoid")))
-    shape = _shape4(rng)
-    if op == "scale" and len(shape) != 4:
-        shape = [1, 64, 28, 28]
-    return {"op": op, "shape": shape}
-
-
-def _pooling_params(rng: np.random.Generator) -> dict[str, Any]:
-    return {"op": str(_choice(rng, ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalAveragePool"))),
-            "c": int(_choice(rng, (*_CH, 960, 1280))), "hw": int(_choice(rng, (*_HW, 20, 40, 80, 160))),
-            "k": int(_choice(rng, (2, 3, 5))), "stride": int(_choice(rng, (1, 2)))}
-
-
-def _normalization_params(rng: np.random.Generator) -> dict[str, Any]:
-    return {"op": str(_choice(rng, ("LayerNormalization", "LayerNormalization", "ReduceMean"))),
-            "s": int(_choice(rng, (1, 16, 50, 64, 128, 197, 256, 512))),
-            "d": int(_choice(rng, (64, 128, 192, 256, 384, 512, 768, 1024)))}
-
-
-def _softmax_params(rng: np.random.Generator) -> dict[str, Any]:
-    return {"heads": int(_choice(rng, (1, 3, 4, 8, 12))), "s": int(_choice(rng, (16, 32, 50, 64, 128, 197, 256)))}
-
-
-def _data_params(rng: np.random.Generator) -> dict[str, Any]:
-    return {"op": str(_choice(rng, ("Transpose", "Concat", "Slice", "Resize", "Gather"))),
-            "c": int(_choice(rng, (16, 32, 64, 128, 192, 256))), "hw": int(_choice(rng, (7, 14, 20, 28, 40, 56, 80))),
-            "vocab": int(_choice(rng, (1000, 8000, 30522)))}
-
-
-def _recurrent_params(rng: np.random.Generator) -> dict[str, Any]:
-    return {"op": str(_choice(rng, ("LSTM", "GRU"))), "seq": int(_choice(rng, (10, 25, 50, 100, 200))),
-            "input": int(_choice(rng, (40, 80, 128, 256, 512))), "hidden": int(_choice(rng, (64, 128, 256, 384))),
-            "bidirectional": bool(rng.random() < 0.4)}
-
-
-_SAMPLERS: dict[str, Callable[[np.random.Generator], dict[str, Any]]] = {
-    "conv": _conv_params, "depthwise": _depthwise_params, "gemm": _gemm_params,
-    "elementwise": _elementwise_params, "pooling": _pooling_params, "normalization": _normalization_params,
-    "softmax": _softmax_params, "data": _data_params, "recurrent": _recurrent_params,
-}
-FAMILIES = tuple(_SAMPLERS)
-
-
-def _flops(family: str, p: dict[str, Any]) -> float:
-    if family in ("conv", "depthwise"):
-        out = (p["hw"] + p["stride"] - 1) // p["stride"]
-        return 2.0 * p["cout"] * out * out * (p["cin"] // p.get("groups", 1)) * p["k"] ** 2
-    if family == "gemm":
-        return 2.0 * p["m"] * p["k"] * p["n"] * p.get("heads", 1)
-    if family == "recurrent":
-        return 2.0 * p["seq"] * 4 * p["hidden"] * (p["input"] + p["hidden"])
-    return 0.0
-
-
-def _elements(family: str, p: dict[str, Any]) -> float:
-    if family in ("conv", "depthwise"):
-        return float(max(p["cin"], p["cout"]) * p["hw"] ** 2)
-    if family == "elementwise":
-        return float(math.prod(p["shape"]))
-    if family == "pooling":
-        return float(p["c"] * p["hw"] ** 2)
-    if family == "softmax":
-        return float(p["heads"] * p["s"] ** 2)
-    if family == "data":
-        return float(p["c"] * p["hw"] ** 2)
-    return 0.0

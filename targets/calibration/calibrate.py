@@ -37,7 +37,7 @@ from edgeopt.targets.calibration.runners import Runner, make_runner
 from edgeopt.targets.calibration.store import Calibration, host_fingerprint
 from edgeopt.targets.catalog import Target
 from edgeopt.targets.cost.features import KernelSample
-from edgeopt.targets.cost.kernels import Kernel, group_kernels, layout_boundary_bytes
+from edgeopt.targets.cost.kernels import RULES, Kernel, group_kernels, layout_boundary_bytes
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -45,7 +45,8 @@ Progress = Callable[[str, int, int], None]  # (what, done, total)
 PLAN: dict[tuple[str, str], int] = {
     ("elementwise", "fp32"): 40, ("conv", "fp32"): 70, ("depthwise", "fp32"): 35, ("gemm", "fp32"): 45,
     ("pooling", "fp32"): 15, ("normalization", "fp32"): 15, ("softmax", "fp32"): 10, ("data", "fp32"): 20,
-    ("recurrent", "fp32"): 16, ("conv", "int8"): 30, ("depthwise", "int8"): 12, ("gemm", "int8"): 15,
+    ("recurrent", "fp32"): 20, ("attention", "fp32"): 24, ("conv", "int8"): 30, ("depthwise", "int8"): 12,
+    ("gemm", "int8"): 15,
     ("elementwise", "int8"): 8, ("pooling", "int8"): 10, ("conv", "fp16"): 12, ("depthwise", "fp16"): 6,
     ("gemm", "fp16"): 8, ("elementwise", "fp16"): 6,
 }
@@ -140,8 +141,10 @@ class Calibrator:
 
         precisions = _precisions(self.target, self.backend)
         scale = 0.1 if s.quick else 1.0
+        rules = RULES.get(self.backend, RULES["tvm"])
         plan = [(fam, prec, max(1 if s.quick else 3, round(n * scale))) for (fam, prec), n in PLAN.items()
-                if prec in precisions and (not s.quick or fam != "recurrent")]
+                if prec in precisions and (not s.quick or fam != "recurrent")
+                and (fam != "attention" or rules.fuse_attention)]  # a block only where one kernel runs it
         total = sum(n for *_, n in plan)
         reserve = 0.12 * s.budget_s  # for the adaptive rounds and composition networks
         done = 0

@@ -10,7 +10,9 @@ on held-out samples (k-fold) wins:
   (the residual form keeps extrapolation to larger kernels on the roofline).
 
 Calibration files store the samples, not pickled estimators (an imported file is
-untrusted data); the regressor is refitted, deterministically, when a file is loaded.
+untrusted data); the regressor is refitted, deterministically, from them, and the fit is
+kept in the local cache folder keyed by the file's content (store.py) so a later run
+loads it instead of fitting again.
 """
 
 from __future__ import annotations

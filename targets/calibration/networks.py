@@ -28,7 +28,19 @@ def _conv(b: _Builder, x: str, cin: int, cout: int, k: int, stride: int, groups:
         y = b.node("Clip", [y, b.const(np.array(0.0, np.float32)), b.const(np.array(6.0, np.float32))])
     elif act == "SiLU":
         y = b.node("Mul", [y, b.node("Sigmoid", [y])])
+    elif act == "HardSwish":
+        y = b.node("HardSwish", [y])
     return y
+
+
+def _squeeze_excite(b: _Builder, x: str, c: int, gate: str) -> str:
+    """GlobalAveragePool -> 1x1 conv -> Relu -> 1x1 conv -> Sigmoid | HardSigmoid -> x * gate."""
+    squeezed = max(8, c // 4)
+    p = b.node("GlobalAveragePool", [x])
+    z = b.node("Relu", [b.node("Conv", [p, b.weight((squeezed, c, 1, 1)), b.const(np.zeros(squeezed, np.float32))])])
+    z = b.node("Conv", [z, b.weight((c, squeezed, 1, 1)), b.const(np.zeros(c, np.float32))])
+    z = b.node(gate, [z])
+    return b.node("Mul", [x, z])
 
 
 def cnn(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -51,7 +63,9 @@ def cnn(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray
             elif style == "inverted":
                 e = c * int(rng.choice([2, 4]))
                 z = _conv(b, y, c, e, 1, 1, act="Clip")
-                z = _conv(b, z, e, e, 3, 1, groups=e, act=str(rng.choice(["Clip", "SiLU"])))
+                z = _conv(b, z, e, e, 3, 1, groups=e, act=str(rng.choice(["Clip", "SiLU", "HardSwish"])))
+                if rng.random() < 0.5:
+                    z = _squeeze_excite(b, z, e, str(rng.choice(["Sigmoid", "HardSigmoid"])))
                 z = _conv(b, z, e, c, 1, 1, act=None)
                 y = b.node("Add", [y, z])
             else:

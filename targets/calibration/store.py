@@ -10,9 +10,10 @@ was imported.
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,25 +86,74 @@ class Calibration:
         return path
 
 
+FIT_VERSION = 2  # bump when features.py / fit.py change what a fitted predictor computes
+
+
 def _predictor(calibration: Calibration, target: Target):
-    """Refit (deterministic) the regressor from the stored samples; memoised per file content."""
+    """The fitted predictor: from memory, else from the cache folder's fit file, else fitted (and stored).
 
-    key = json.dumps({k: v for k, v in calibration.to_dict().items() if k != "validation"}, sort_keys=True)
-    return _cached_fit(key, target, calibration)
+    A fit is keyed by a hash of the calibration's content (validation left out), the target's
+    figures the roofline reads, the scikit-learn version and FIT_VERSION; any other key, or a
+    file that does not load, means a refit and a rewrite. Fits are kept only under the cache
+    folder (``fitted/<calibration name>.pkl``), never next to a file given by path: a pickle
+    runs code when loaded, so only files this machine wrote are read.
+    """
+    content = json.dumps({k: v for k, v in calibration.to_dict().items() if k != "validation"}, sort_keys=True)
+    key = _fit_key(content, target)
+    cached = _MEMORY.get(key)
+    if cached is not None:
+        return cached
+    stored = _fit_path(calibration)
+    predictor = _load_fit(stored, key) if stored is not None else None
+    if predictor is None:
+        from edgeopt.targets.calibration import fit
+
+        predictor = fit.fit_predictor(calibration.samples, target, calibration.device_kind, calibration.method,
+                                      calibration.factors)
+        if stored is not None:
+            _save_fit(stored, key, predictor)
+    if len(_MEMORY) >= 8:
+        _MEMORY.pop(next(iter(_MEMORY)))
+    _MEMORY[key] = predictor
+    return predictor
 
 
-@functools.lru_cache(maxsize=8)
-def _fit_by_key(key: str, target: Target) -> Any:
-    from edgeopt.targets.calibration.fit import fit_predictor
-
-    data = json.loads(key)
-    samples = [KernelSample.from_dict(s) for s in data["samples"]]
-    return fit_predictor(samples, target, data["device_kind"], data["method"], data["factors"])
+_MEMORY: dict[str, Any] = {}
 
 
-def _cached_fit(key: str, target: Target, calibration: Calibration) -> Any:
-    del calibration
-    return _fit_by_key(key, target)
+def _fit_key(content: str, target: Target) -> str:
+    import sklearn
+
+    figures = {"peaks": {p: target.peak(p) for p in PRECISIONS}, "bandwidth": target.bandwidth}
+    text = json.dumps({"calibration": content, "target": figures, "sklearn": sklearn.__version__,
+                       "fit_version": FIT_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _fit_path(calibration: Calibration) -> Path | None:
+    if calibration.path is None:
+        return None
+    return cache_dir() / "fitted" / f"{calibration.path.stem}.pkl"
+
+
+def _load_fit(path: Path, key: str) -> Any:
+    try:
+        with path.open("rb") as handle:
+            data = pickle.load(handle)  # only files _save_fit wrote in this user's cache folder
+    except Exception:  # missing, truncated or from an incompatible library version: refit
+        return None
+    return data.get("predictor") if isinstance(data, dict) and data.get("key") == key else None
+
+
+def _save_fit(path: Path, key: str, predictor: Any) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with tmp.open("wb") as handle:
+            pickle.dump({"key": key, "predictor": predictor}, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs the next run a refit
 
 
 def _require(data: Any, key: str, kind: type | tuple[type, ...], where: Path) -> Any:

@@ -42,7 +42,7 @@ class KernelSample:
                    str(data.get("label", "")))
 
 
-_ATTRS = ("out_elems", "k", "stride", "cin", "cout", "hw", "m", "n", "in_elems", "last")
+_ATTRS = ("out_elems", "k", "stride", "cin", "cout", "hw", "m", "n", "in_elems", "last", "transcendental")
 
 
 def feature_vector(sample: KernelSample, compute_s: float, memory_s: float) -> np.ndarray:

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
+from edgeopt.targets.cost.patterns import attention_blocks, islands
+
 CLASSES = ("conv", "depthwise", "gemm", "elementwise", "pooling", "normalization", "softmax",
-           "data", "recurrent", "shape", "free")
+           "data", "recurrent", "shape", "free", "attention")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 _CONV = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"}
@@ -58,9 +60,20 @@ class FusionRules:
     fuse_gelu: bool = True  # Erf-based GELU islands become one kernel
     free_is_free: bool = False  # views cost no dispatch at all (compiled backends)
     binary_ops: frozenset[str] | None = None  # binary epilogue ops allowed (None: any epilogue op)
+    binary_anchors: frozenset[str] | None = None  # anchors whose epilogue takes binary ops (None: all)
+    same_shape_binary: bool = False  # a binary post-op must not broadcast the kernel's output bigger
+    binary_first: bool = False  # a residual Add fuses only before any activation (sum post-op first)
+    chain_ops: frozenset[str] | None = None  # ops elementwise chains take (None: epilogue_ops)
+    islands_join_epilogue: bool = False  # SiLU / GELU after an anchor become its post-ops
+    fuse_attention: bool = False  # MatMul-Softmax-MatMul blocks run as one kernel
 
 
 _ANY_ELEMENTWISE = frozenset(_ELEMENTWISE - _QDQ - {"Cast"})
+# OpenVINO CPU: activations oneDNN takes as convolution / FullyConnected post-ops (checked one by
+# one on compiled Conv->op models; Erf, Exp, Pow, Log, Reciprocal, Floor, HardSigmoid, Selu are not).
+_OV_POST_OPS = {"BatchNormalization", "Add", "Sum", "Sub", "Mul", "Div", "Relu", "Sigmoid", "Tanh", "HardSwish",
+                "Clip", "LeakyRelu", "Elu", "Softplus", "Abs", "Sqrt", "Neg", "Mish", "Gelu", "PRelu"}
+_OV_LONE = {"HardSigmoid", "Selu", "Softplus", "Mish", "Log"}  # own kernel, never in an eltwise chain
 RULES: dict[str, FusionRules] = {
     # onnxruntime CPU: ConvBNFusion, ConvAddFusion/ConvMulFusion (constant operands), FusedConv
     # (Relu, Clip, LeakyRelu, Sigmoid, HardSigmoid, Tanh), NCHWc Conv+Sum(+activation),
@@ -69,15 +82,32 @@ RULES: dict[str, FusionRules] = {
         epilogue_anchors=frozenset(_CONV | _GEMM),
         epilogue_ops=frozenset({"BatchNormalization", "Add", "Sum", "Mul", "Sub", "Div", "HardSwish", *_UNARY_ACT}),
         max_binary=1, max_unary=1, fuse_elementwise_chains=False, binary_ops=frozenset({"Add", "Sum"})),
-    # OpenVINO CPU (oneDNN post-ops and eltwise fusion), TVM (FuseOps: OutEWiseFusable +
-    # injective), TensorRT (pointwise fusion), CoreML/TFLite delegates: any elementwise epilogue.
+    # OpenVINO CPU plugin, read off compiled models' runtime graphs (get_runtime_model(): ops'
+    # layerType and originalLayersNames): Convolution takes BN, bias, a residual Add of its own
+    # output shape ahead of any activation, and the oneDNN-fusable activations (incl. Swish =
+    # x*Sigmoid(x)); an SE scale Mul that broadcasts a [N,C,1,1] gate over the feature map stays
+    # its own Eltwise.
+    # FullyConnected takes bias, activations and GELU but no residual Add. Reduce (global pools)
+    # and MVN (LayerNorm) take activations; Max/AvgPool and Softmax take nothing. HardSigmoid and
+    # Selu run as "Math" nodes, Softplus/Mish/Log as lone Eltwise: neither joins a Snippets
+    # elementwise chain. MatMul-[scale]-[mask]-Softmax-MatMul runs as one MHA "Subgraph".
     "openvino": FusionRules(
+        epilogue_anchors=frozenset(_CONV | _GEMM | {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax",
+                                                   "ReduceSum", "LayerNormalization"}),
+        epilogue_ops=frozenset(_OV_POST_OPS),
+        max_binary=2, max_unary=8, fuse_elementwise_chains=True, free_is_free=True,
+        binary_anchors=frozenset(_CONV), same_shape_binary=True, binary_first=True,
+        chain_ops=frozenset(_ANY_ELEMENTWISE - _OV_LONE | {"BatchNormalization"}),
+        islands_join_epilogue=True, fuse_attention=True),
+    # TVM (FuseOps: OutEWiseFusable + injective), TensorRT (pointwise fusion), CoreML/TFLite
+    # delegates: any elementwise epilogue.
+    "tvm": FusionRules(
         epilogue_anchors=frozenset(_CONV | _GEMM | _POOL | {"LayerNormalization", "Softmax"}),
         epilogue_ops=frozenset(_ANY_ELEMENTWISE | {"BatchNormalization"}),
         max_binary=4, max_unary=8, fuse_elementwise_chains=True, free_is_free=True),
 }
-for _name in ("tvm", "tensorrt", "coreml", "tflite"):
-    RULES[_name] = RULES["openvino"]
+for _name in ("tensorrt", "coreml", "tflite"):
+    RULES[_name] = RULES["tvm"]
 
 
 @dataclass
@@ -157,7 +187,7 @@ def _is_const(value: ir.Value | None, constants: set[str]) -> bool:
 def group_kernels(model: ir.Model, shapes: Mapping[str, tuple[int, ...]], backend: str,
                   precision: Mapping[str, str] | None = None) -> list[Kernel]:
     """The kernels ``backend`` runs for ``model``, in execution order."""
-    rules = RULES.get(backend, RULES["openvino"])
+    rules = RULES.get(backend, RULES["tvm"])
     precision = precision or {}
     graph = model.graph
     outputs = {v.name for v in graph.outputs}
@@ -166,7 +196,9 @@ def group_kernels(model: ir.Model, shapes: Mapping[str, tuple[int, ...]], backen
     owner: dict[int, Kernel] = {}
     kernels: list[Kernel] = []
     nodes = _live_nodes(graph)
-    islands = _islands(nodes, constants)
+    patterns = islands(nodes, constants) if rules.fuse_gelu else {}
+    island_of = {id(n): members for members in patterns.values() for n in members}
+    blocks = attention_blocks(nodes, constants, shapes) if rules.fuse_attention else {}
 
     def single_consumer(node: ir.Node) -> ir.Node | None:
         if len(node.outputs) != 1 or node.outputs[0].name in outputs:
@@ -202,7 +234,13 @@ def group_kernels(model: ir.Model, shapes: Mapping[str, tuple[int, ...]], backen
             kind = "elementwise"
         kernel = Kernel(node.name or node.op_type, kind, "fp32")
         kernels.append(kernel)
-        island = islands.get(id(node)) if rules.fuse_gelu else None
+        block = blocks.get(id(node))
+        if block is not None and not any(id(n) in owner for n in block):
+            kernel.kind = "attention"
+            for member in block:
+                add(kernel, member)
+            continue
+        island = patterns.get(id(node))
         if island is not None and not any(id(n) in owner for n in island):
             kernel.kind = "elementwise"
             for member in island:
@@ -211,12 +249,18 @@ def group_kernels(model: ir.Model, shapes: Mapping[str, tuple[int, ...]], backen
         add(kernel, node)
         if rules.absorb_qdq:
             _absorb_inputs(kernel, node, constants, owner)
-        if node.op_type in rules.epilogue_anchors or (kind == "elementwise" and rules.fuse_elementwise_chains):
-            _extend_epilogue(kernel, rules, constants, single_consumer, add, shapes)
+        if node.op_type in rules.epilogue_anchors:
+            _extend_epilogue(kernel, rules, constants, single_consumer, add, shapes, island_of, owner)
+        elif kind == "elementwise" and rules.fuse_elementwise_chains and \
+                (rules.chain_ops is None or node.op_type in rules.chain_ops):
+            _extend_epilogue(kernel, rules, constants, single_consumer, add, shapes, chain=True)
         if rules.absorb_qdq:
             tail = single_consumer(kernel.nodes[-1])
             if tail is not None and tail.op_type == "QuantizeLinear" and kind not in ("free", "shape"):
                 add(kernel, tail)
+    if blocks:  # a block is found at its first node but runs once its last input exists
+        position = {id(n): i for i, n in enumerate(nodes)}
+        kernels.sort(key=lambda k: max(position.get(id(n), -1) for n in k.nodes))
     from edgeopt.targets.cost.measure import measure_kernel  # measure needs this module's tables
 
     for kernel in kernels:
@@ -265,16 +309,27 @@ def _absorb_inputs(kernel: Kernel, node: ir.Node, constants: set[str], owner: di
 
 
 def _extend_epilogue(kernel: Kernel, rules: FusionRules, constants: set[str], single_consumer, add,
-                     shapes: Mapping[str, tuple[int, ...]]) -> None:
+                     shapes: Mapping[str, tuple[int, ...]], island_of: Mapping[int, list[ir.Node]] | None = None,
+                     owner: Mapping[int, Kernel] | None = None, chain: bool = False) -> None:
+    """Grow ``kernel`` by the ops after it the backend fuses: an anchor's post-ops or an eltwise chain."""
     binary = unary = 0
     anchor = kernel.nodes[-1]
+    allowed = (rules.chain_ops or rules.epilogue_ops) if chain else rules.epilogue_ops
+    binary_ok = chain or rules.binary_anchors is None or anchor.op_type in rules.binary_anchors
+    anchor_dims = shapes.get(anchor.outputs[0].name or "") if anchor.outputs else None
     # ORT fuses a MatMul's epilogue only for 2-D inputs (MatMulAddFusion -> Gemm); a batched
     # MatMul keeps just a constant scale (FusedMatMul alpha).
     batched = rules.max_binary == 1 and anchor.op_type == "MatMul" and len(
         shapes.get(anchor.inputs[0].name or "", ()) if anchor.inputs[0] is not None else ()) > 2
     while True:
         nxt = single_consumer(kernel.nodes[-1])
-        if nxt is None or nxt.op_type not in rules.epilogue_ops:
+        if nxt is None and not chain and rules.islands_join_epilogue and island_of is not None:
+            # x * Sigmoid(x) / GELU(x) read the kernel's output twice: oneDNN takes them as one post-op.
+            if unary < rules.max_unary and _join_island(kernel, island_of, owner or {}, add):
+                unary += 1
+                continue
+            return
+        if nxt is None or nxt.op_type not in allowed:
             return
         if batched and not (nxt.op_type in ("Mul", "Div") and all(
                 _is_const(v, constants) and _numel(tuple(v.const_value.shape.numpy()) if v is not None and
@@ -286,8 +341,12 @@ def _extend_epilogue(kernel: Kernel, rules: FusionRules, constants: set[str], si
         if nxt.op_type in ("BatchNormalization",) or (not is_binary and nxt.op_type in ("Add", "Mul", "Sub", "Div")):
             pass  # folded into weights / bias: free on every backend
         elif is_binary:
-            if binary >= rules.max_binary or (rules.binary_ops is not None and nxt.op_type not in rules.binary_ops):
+            if not binary_ok or binary >= rules.max_binary or (rules.binary_first and unary and not chain) or (
+                    rules.binary_ops is not None and nxt.op_type not in rules.binary_ops):
                 return
+            if rules.same_shape_binary and not chain and anchor_dims is not None and \
+                    shapes.get(nxt.outputs[0].name or "") != anchor_dims:
+                return  # broadcasting a small output over a bigger tensor is no post-op (SE scale)
             binary += 1
         else:
             if unary >= rules.max_unary:
@@ -296,46 +355,28 @@ def _extend_epilogue(kernel: Kernel, rules: FusionRules, constants: set[str], si
         add(kernel, nxt)
 
 
-def _islands(nodes: list[ir.Node], constants: set[str]) -> dict[int, list[ir.Node]]:
-    """Elementwise patterns backends run as one kernel, keyed by their first node.
-
-    GELU as exported from torch (Div -> Erf -> Add -> Mul(x, .) -> Mul(0.5)), with the bias
-    Add in front when nothing else reads it (ORT's GeluFusion / BiasGelu), and SiLU
-    (x * Sigmoid(x), ORT's QuickGelu).
-    """
-    order = {id(n): i for i, n in enumerate(nodes)}
-    islands: dict[int, list[ir.Node]] = {}
-
-    def only_user(value: ir.Value) -> ir.Node | None:
-        users = _consumers(value)
-        return users[0] if len(users) == 1 else None
-
-    for node in nodes:
-        if node.op_type == "Sigmoid" and node.inputs[0] is not None:
-            mul = only_user(node.outputs[0])
-            if mul is not None and mul.op_type == "Mul" and node.inputs[0] in mul.inputs:
-                islands[id(node)] = [node, mul]
-        if node.op_type != "Erf" or node.inputs[0] is None:
-            continue
-        scale = node.inputs[0].producer()
-        add = only_user(node.outputs[0])
-        mul = only_user(add.outputs[0]) if add is not None and add.op_type == "Add" else None
-        if scale is None or scale.op_type not in ("Div", "Mul") or mul is None or mul.op_type != "Mul":
-            continue
-        x = scale.inputs[0]
-        if x is None or x not in mul.inputs:
-            continue
-        members = [scale, node, add, mul]
-        half = only_user(mul.outputs[0])
-        if half is not None and half.op_type == "Mul" and any(_is_const(v, constants) for v in half.inputs):
-            members.append(half)
-        bias = x.producer()
-        if bias is not None and bias.op_type == "Add" and any(_is_const(v, constants) for v in bias.inputs) \
-                and all(u in members for u in _consumers(x)):
-            members.insert(0, bias)
-        members.sort(key=lambda n: order.get(id(n), 0))
-        islands[id(members[0])] = members
-    return islands
+def _join_island(kernel: Kernel, island_of: Mapping[int, list[ir.Node]], owner: Mapping[int, Kernel],
+                 add) -> bool:
+    tail = kernel.nodes[-1]
+    if len(tail.outputs) != 1 or tail.outputs[0].is_graph_output():
+        return False
+    users = _consumers(tail.outputs[0])
+    members = island_of.get(id(users[0])) if users else None
+    if members is None or any(id(u) not in {id(m) for m in members} for u in users):
+        return False
+    rest = [m for m in members if owner.get(id(m)) is not kernel]
+    inside = {id(n) for n in (*kernel.nodes, *members)}
+    for member in rest:
+        if id(member) in owner:
+            return False
+        for value in member.inputs:  # the island may read only the kernel's values and constants
+            producer = value.producer() if value is not None else None
+            if value is not None and value.const_value is None and not value.is_initializer() and (
+                    producer is None or (id(producer) not in inside and producer.op_type != "Constant")):
+                return False
+    for member in rest:
+        add(kernel, member)
+    return True
 
 
 def _numel(dims: Iterable[int] | None) -> int:

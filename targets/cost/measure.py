@@ -24,6 +24,8 @@ from edgeopt.targets.cost.kernels import (
     _numel,
 )
 
+_TRANSCENDENTAL = {"Sigmoid", "Tanh", "Exp", "Log", "Erf", "Gelu", "Softplus", "Mish", "Elu", "Selu", "Pow",
+                   "Softmax", "LogSoftmax"}
 _ACT_SIZE = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 4}  # int4 is weight-only: activations stay float
 _WEIGHT_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
 
@@ -97,6 +99,10 @@ def _features(anchor: ir.Node, kernel: Kernel, shapes: Mapping[str, tuple[int, .
     inp = shapes.get(first.name or "", ()) if first is not None else ()
     attrs: dict[str, float] = {"out_elems": float(_numel(out) if out else 0),
                                "nodes": float(len(kernel.nodes))}
+    # Exp-based activations (Sigmoid, Swish, GELU, ...) cost far more per element than their
+    # FLOP count says; a conv with a Swish post-op is measurably slower than one with Relu.
+    attrs["transcendental"] = float(sum(_numel(shapes.get(v.name or "")) for n in kernel.nodes
+                                        if n.op_type in _TRANSCENDENTAL for v in n.outputs[:1]))
     if kernel.kind in ("conv", "depthwise"):
         kshape = anchor.attributes.get_ints("kernel_shape", None)
         weight = anchor.inputs[1] if len(anchor.inputs) > 1 else None
@@ -107,6 +113,17 @@ def _features(anchor: ir.Node, kernel: Kernel, shapes: Mapping[str, tuple[int, .
                      cin=float(inp[1] if len(inp) > 1 else 0), cout=float(out[1] if len(out) > 1 else 0),
                      hw=float(_numel(out[2:]) if len(out) > 2 else 1),
                      group=float(anchor.attributes.get_int("group", 1)))
+    elif kernel.kind == "attention":
+        # Score MatMul q[b, h, s, d] x kT[b, h, d, s_kv]: sequence lengths and head size.
+        score = next(n for n in kernel.nodes if n.op_type == "MatMul")
+        q = shapes.get(score.inputs[0].name or "", ()) if score.inputs[0] is not None else ()
+        scores = shapes.get(score.outputs[0].name or "", ())
+        if len(q) >= 2 and scores:
+            attrs.update(m=float(q[-2]), k=float(q[-1]), n=float(scores[-1]), in_elems=float(_numel(q)))
+    elif kernel.kind == "recurrent" and len(inp) == 3 and out:
+        # X [seq, batch, input] -> Y [seq, directions, batch, hidden]: a GEMM chain over time steps.
+        attrs.update(m=float(inp[0] * inp[1]), k=float(inp[2]), n=float(out[-1]), in_elems=float(_numel(inp)),
+                     last=float(inp[-1]))
     elif kernel.kind == "gemm" and out:
         a_dims = inp or (1,)
         reduce = a_dims[-1] if anchor.op_type != "Gemm" or not anchor.attributes.get_int("transA", 0) else a_dims[0]

@@ -99,7 +99,13 @@ class CostModel:
             calibration = find_calibration(target, self.backend)
         self.calibration: Calibration | None = calibration
         self.bindings = dict(bindings or {})
-        self._predictor = calibration.predictor(target) if calibration is not None else None
+        self._fitted: Any = None  # the calibration's predictor, loaded or fitted when latency is first asked
+
+    @property
+    def _predictor(self) -> Any:
+        if self._fitted is None and self.calibration is not None:
+            self._fitted = self.calibration.predictor(self.target)
+        return self._fitted
 
     @property
     def device_kind(self) -> str:

@@ -25,7 +25,7 @@ DEFAULT_FACTORS: dict[str, tuple[float, float, float]] = {
     "conv": (0.45, 0.6, 5e-6), "depthwise": (0.12, 0.5, 5e-6), "gemm": (0.5, 0.6, 5e-6),
     "elementwise": (0.5, 0.5, 3e-6), "pooling": (0.3, 0.5, 3e-6), "normalization": (0.3, 0.4, 4e-6),
     "softmax": (0.2, 0.4, 4e-6), "data": (1.0, 0.3, 3e-6), "recurrent": (0.15, 0.5, 20e-6),
-    "shape": (1.0, 1.0, 1.5e-6), "free": (1.0, 1.0, 0.5e-6),
+    "shape": (1.0, 1.0, 1.5e-6), "free": (1.0, 1.0, 0.5e-6), "attention": (0.25, 0.4, 8e-6),
 }
 GPU_OVERHEAD_SCALE = 2.0  # a GPU kernel launch costs more than a CPU dispatch
 DEFAULT_RUN_OVERHEAD_S = {"cpu": 30e-6, "gpu": 60e-6}
