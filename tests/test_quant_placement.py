@@ -109,3 +109,55 @@ def test_int16_activations_use_the_contrib_domain_before_opset_21() -> None:
     assert q_nodes and all(n.domain == "com.microsoft" for n in q_nodes)
     result = executor.run(model, samples[0])
     assert np.isfinite(result["y"]).all()
+
+
+def silu_concat_model() -> ir.Model:
+    """x -> Conv1 (c1) -> SiLU as Sigmoid*Mul (m) -> Conv2 (c2); Concat(m, c2) -> GlobalAveragePool -> MatMul."""
+    rng = np.random.default_rng(1)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w1"),
+        numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2, "w2"),
+        numpy_helper.from_array(rng.standard_normal((16, 10)).astype(np.float32) * 0.3, "fc"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c1"], ["s"], name="sigmoid"),
+        helper.make_node("Mul", ["c1", "s"], ["m"], name="mul"),
+        helper.make_node("Conv", ["m", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["m", "c2"], ["cat"], name="concat", axis=1),
+        helper.make_node("GlobalAveragePool", ["cat"], ["g"], name="pool"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "fc"], ["y"], name="matmul"),
+    ]
+    graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_onnxruntime_rules_place_qdq_where_quantize_static_does(tmp_path: Path) -> None:
+    """SiLU, Concat and GlobalAveragePool are INT8 layers under the ORT rules, and ORT fuses each into a QLinear op."""
+    model = silu_concat_model()
+    rules = RULE_SETS["onnxruntime"]
+    layers = [n.name for n in candidate_layers(model, rules)]
+    assert layers == ["conv1", "sigmoid", "mul", "conv2", "concat", "pool", "matmul"]
+    assert [n.name for n in candidate_layers(model, RULE_SETS["tensorrt"])] == ["conv1", "conv2", "matmul"]
+    plan = plan_qdq(model, rules, layers)
+    # Every layer input and output; Flatten's output shares the pool's scale (ORT drops Q/DQ around it).
+    assert plan.activations == {"x": "x", "c1": "c1", "s": "s", "m": "m", "c2": "c2", "cat": "cat", "g": "g",
+                                "f": "g"}
+    assert sorted(w.node for w in plan.weights) == ["conv1", "conv2", "matmul"]
+    executor = ReferenceExecutor()
+    samples = [executor.generate_inputs(model, seed=i) for i in range(8)]
+    stats = collect_statistics(model, set(plan.activations.values()), samples)
+    quantized = model.clone()
+    apply_plan(quantized, plan, lambda name: activation_params(stats.range(name, "minmax"), 8, False, False))
+    assert compare_outputs(executor.run(model, samples[0]), executor.run(quantized, samples[0])).cosine > 0.995
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(ir.serde.serialize_model(quantized).SerializeToString(), options,
+                         providers=["CPUExecutionProvider"])
+    fused = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    for op in ("QLinearConv", "QLinearSigmoid", "QLinearMul", "QLinearConcat", "QLinearGlobalAveragePool"):
+        assert fused[op] >= 1, (op, fused)
+    assert fused["QuantizeLinear"] == 1 and fused["DequantizeLinear"] <= 1, fused  # only at the model's borders

@@ -28,7 +28,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from edgeopt.passes.quant.calibrators import QuantParams
-from edgeopt.passes.quant.placement import QdqPlan, RuleSet, layer_tail, plan_qdq
+from edgeopt.passes.quant.placement import WEIGHT_OPS, QdqPlan, RuleSet, layer_tail, plan_qdq
 from edgeopt.passes.quant.qdq import apply_plan
 
 
@@ -73,32 +73,63 @@ def time_session(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
     return float(np.percentile(times, 20))
 
 
-def time_interleaved(sessions: list[ort.InferenceSession], feeds: list[Mapping[str, np.ndarray]],
-                     budget: float = 1.0, min_runs: int = 5) -> list[float]:
-    """Seconds per run of each session, timed round-robin (20th percentile of each).
+def interleaved_runs(sessions: list[ort.InferenceSession], feeds: list[Mapping[str, np.ndarray]],
+                     budget: float = 1.0, min_runs: int = 5) -> list[list[float]]:
+    """Seconds of every run of each session, timed round-robin (the order reverses every other round).
 
     Timing models one after another lets a burst of load from other processes land on one of them only;
-    round-robin spreads it over all, so their *comparison* stays fair on a shared machine.
+    round-robin spreads it over all, so their *comparison* stays fair on a shared machine. Reversing the
+    order cancels what running first or second in a round does (caches, the other model's threads).
     """
     for session, feed in zip(sessions, feeds, strict=True):
         for _ in range(2):
             session.run(None, dict(feed))
     times: list[list[float]] = [[] for _ in sessions]
+    order = list(range(len(sessions)))
     start = time.perf_counter()
     while len(times[0]) < min_runs or (time.perf_counter() - start < budget and len(times[0]) < 200):
-        for index, (session, feed) in enumerate(zip(sessions, feeds, strict=True)):
+        for index in order:
             began = time.perf_counter()
-            session.run(None, dict(feed))
+            sessions[index].run(None, dict(feeds[index]))
             times[index].append(time.perf_counter() - began)
-    return [float(np.percentile(t, 20)) for t in times]
+        order.reverse()
+    return times
+
+
+def time_interleaved(sessions: list[ort.InferenceSession], feeds: list[Mapping[str, np.ndarray]],
+                     budget: float = 1.0, min_runs: int = 5) -> list[float]:
+    """Seconds per run of each session, timed round-robin (20th percentile of each; see :func:`interleaved_runs`)."""
+    return [float(np.percentile(t, 20)) for t in interleaved_runs(sessions, feeds, budget, min_runs)]
+
+
+def paired_ratios(runs: list[list[float]]) -> list[float]:
+    """Median over rounds of each session's time divided by session 0's time in the same round.
+
+    Runs of one round are adjacent in time, so a load burst scales both sides of a ratio alike: the
+    median ratio sees a 3-5 % difference that the spread of absolute times on a shared machine hides.
+    """
+    base = np.asarray(runs[0])
+    return [float(np.median(np.asarray(r) / base)) for r in runs]
+
+
+def _sessions(models: list[ir.Model | onnx.ModelProto], threads: int) -> list[ort.InferenceSession]:
+    protos = [ir.serde.serialize_model(m) if isinstance(m, ir.Model) else m for m in models]
+    return [_session(p.SerializeToString(), threads) for p in protos]
 
 
 def time_models(models: list[ir.Model | onnx.ModelProto], feeds: Mapping[str, np.ndarray], threads: int = 2,
                 budget: float = 1.0, min_runs: int = 5) -> list[float]:
     """:func:`time_interleaved` on in-memory models fed the same inputs."""
-    protos = [ir.serde.serialize_model(m) if isinstance(m, ir.Model) else m for m in models]
-    sessions = [_session(p.SerializeToString(), threads) for p in protos]
+    sessions = _sessions(models, threads)
     return time_interleaved(sessions, [feeds] * len(sessions), budget, min_runs)
+
+
+def compare_models(models: list[ir.Model | onnx.ModelProto], feeds: Mapping[str, np.ndarray], threads: int = 2,
+                   budget: float = 1.0, min_runs: int = 5) -> tuple[list[float], list[float]]:
+    """(20th-percentile seconds, paired ratio to ``models[0]``) of each model, timed round-robin."""
+    sessions = _sessions(models, threads)
+    runs = interleaved_runs(sessions, [feeds] * len(sessions), budget, min_runs)
+    return [float(np.percentile(r, 20)) for r in runs], paired_ratios(runs)
 
 
 def time_model(model: ir.Model | onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: int = 2,
@@ -130,10 +161,13 @@ def _micro_model(model: ir.Model, proto: onnx.ModelProto, layer: ir.Node, rules:
                 extra.append(protos[producer.name])
                 continue
             shape = shapes.get(value.name)
-            if shape is None or value.dtype is None:
+            if shape is None:
                 return None
-            feeds[value.name] = np.random.default_rng(0).standard_normal(shape).astype(value.dtype.numpy())
-            inputs.append(helper.make_tensor_value_info(value.name, int(value.dtype), list(shape)))
+            # Calibration records shapes of float tensors only; a value without a dtype (a pass left no
+            # inference behind) is one of those.
+            dtype = value.dtype or ir.DataType.FLOAT
+            feeds[value.name] = np.random.default_rng(0).standard_normal(shape).astype(dtype.numpy())
+            inputs.append(helper.make_tensor_value_info(value.name, int(dtype), list(shape)))
     output = tail.outputs[0]
     # An Identity keeps the layer's output internal, so it can be quantized as in the full model.
     copy = helper.make_node("Identity", [output.name], ["micro_output"], name="micro_output")
@@ -261,7 +295,8 @@ def predict_layers(model: ir.Model, layers: Iterable[ir.Node], target: Any, cost
         compute = node_cost.flops / (peak * 0.5)
         memory = node_cost.bytes / bandwidth
         times.fp32[layer.name] = max(compute, memory) + 2e-6
-        factor = _isa_int8_factor(target, layer.op_type, depthwise) if layer.op_type != "Add" else 1.0
+        # Only layers with a weight have an INT8 compute kernel; the rest just move a quarter of the bytes.
+        factor = _isa_int8_factor(target, layer.op_type, depthwise) if layer.op_type in WEIGHT_OPS else 1.0
         # INT8 moves a quarter of the bytes.
         times.int8[layer.name] = max(compute / factor, memory / 4) + 2e-6
     times.source = "roofline"

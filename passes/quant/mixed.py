@@ -50,3 +50,15 @@ def choose_mixed(model: ir.Model, rules: RuleSet, times: LayerTimes, drops: Mapp
         worst = max(chosen, key=lambda n: drops[n] / max(total(chosen - {n}) - current, 1e-9))
         chosen.discard(worst)
     return chosen
+
+
+def within_budget(drops: Mapping[str, float], max_drop: float) -> set[str]:
+    """The most layers whose summed drop fits ``max_drop``: least sensitive first (the budget's full placement)."""
+    chosen: set[str] = set()
+    total = 0.0
+    for name in sorted(drops, key=lambda n: drops[n]):
+        if total + max(drops[name], 0.0) > max_drop:
+            break
+        chosen.add(name)
+        total += max(drops[name], 0.0)
+    return chosen

@@ -5,10 +5,15 @@ into a layer's epilogue, the ops that run on INT8 data unchanged, and which
 tensors around a layer get a QuantizeLinear/DequantizeLinear pair:
 
 * ``onnxruntime``: ORT fuses a node unit ``DQ(inputs) -> op -> Q(output)`` into
-  QLinearConv/QLinearMatMul/QGemm/QLinearAdd, so a layer's inputs *and* its
-  output (after a fused Relu/Clip) are quantized; data-movement ops between
-  two quantized tensors share one scale so ORT drops their Q/DQ. Activations
-  are asymmetric uint8 (uint16 allowed).
+  QLinearConv/QLinearMatMul/QGemm/QLinearAdd/QLinearMul/QLinearConcat/
+  QLinearSigmoid/QLinearLeakyRelu/QLinear(Global)AveragePool, so a layer's
+  inputs *and* its output (after a fused Relu/Clip) are quantized; data-movement
+  ops (MaxPool, Reshape, Resize, Slice, Split, ...) between two quantized
+  tensors share one scale so ORT drops their Q/DQ. These are the ops
+  ``quantize_static``'s QDQ quantizer quantizes too (Softmax aside: QLinearSoftmax
+  costs attention accuracy), so "every candidate layer" is its placement; the
+  per-layer gain decides which of them really run INT8. Activations are
+  asymmetric uint8 (uint16 allowed).
 * ``tensorrt``: explicit quantization: Q/DQ only on the inputs of
   Conv/Gemm/MatMul (TensorRT fuses outputs itself); a residual Add whose other
   input comes from a quantized layer gets Q/DQ on the residual input, so the
@@ -42,11 +47,18 @@ class RuleSet:
     activation_bits: tuple[int, ...] = (8,)
 
 
-_PASSTHROUGH = frozenset({"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
+# Layers whose every input is an activation (element-wise with two activations, or a concatenation).
+ALL_INPUT_OPS = frozenset({"Add", "Mul", "Concat"})
+# Layers with a weight (per-channel int8) at input 1.
+WEIGHT_OPS = frozenset({"Conv", "MatMul", "Gemm"})
+_PASSTHROUGH = frozenset({"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Resize", "Slice",
+                          "Split"})
+_ORT_LAYERS = frozenset({"Conv", "MatMul", "Gemm", "Add", "Mul", "Concat", "Sigmoid", "LeakyRelu",
+                         "GlobalAveragePool", "AveragePool"})
 
 RULE_SETS: dict[str, RuleSet] = {
-    "onnxruntime": RuleSet("onnxruntime", frozenset({"Conv", "MatMul", "Gemm", "Add"}),
-                           frozenset({"Relu", "Clip"}), _PASSTHROUGH, True, "layer", False, False, (8, 16)),
+    "onnxruntime": RuleSet("onnxruntime", _ORT_LAYERS, frozenset({"Relu", "Clip"}), _PASSTHROUGH, True, "layer",
+                           False, False, (8, 16)),
     "tensorrt": RuleSet("tensorrt", frozenset({"Conv", "MatMul", "Gemm"}), frozenset(), frozenset(), False,
                         "residual", True, True),
     "openvino": RuleSet("openvino", frozenset({"Conv", "MatMul", "Gemm"}), frozenset(), frozenset(), False,
@@ -124,8 +136,8 @@ def candidate_layers(model: ir.Model, rules: RuleSet) -> list[ir.Node]:
             continue
         if node.op_type == "Conv" and not _is_weight(node.inputs[1]):
             continue
-        if node.op_type == "Add":
-            if not all(_is_float_activation(v) for v in node.inputs):
+        if node.op_type in ALL_INPUT_OPS:
+            if len(node.inputs) < 2 or not all(_is_float_activation(v) for v in node.inputs):
                 continue
         elif not _is_float_activation(node.inputs[0]):
             continue
@@ -136,7 +148,7 @@ def candidate_layers(model: ir.Model, rules: RuleSet) -> list[ir.Node]:
 
 
 def activation_inputs(node: ir.Node) -> list[ir.Value]:
-    if node.op_type == "Add":
+    if node.op_type in ALL_INPUT_OPS:
         return [v for v in node.inputs if _is_float_activation(v)]
     indices = (0, 1) if node.op_type in ("MatMul", "Gemm") else (0,)
     return [node.inputs[i] for i in indices if i < len(node.inputs) and _is_float_activation(node.inputs[i])]
@@ -156,7 +168,7 @@ def plan_qdq(model: ir.Model, rules: RuleSet, layers: Iterable[str]) -> QdqPlan:
     for node in nodes.values():
         quantized.update(v.name for v in activation_inputs(node))
         for index, value in enumerate(node.inputs):
-            if index == 1 and _is_weight(value) and node.op_type != "Add":
+            if index == 1 and _is_weight(value) and node.op_type in WEIGHT_OPS:
                 plan.weights.append(WeightSpec(node.name, index, weight_axis(node, index)))
             if index == 2 and _is_weight(value) and node.op_type in ("Conv", "Gemm"):
                 plan.biases.append((node.name, index))

@@ -15,6 +15,10 @@ Run timing under ``flock /tmp/edgeopt-bench.lock`` (other jobs share the CPU).
   FP32, FP16 and INT8 (every candidate layer) on latency and agreement.
 * memory: peak RSS of edgeopt's calibration of BERT over 256 samples, in a
   fresh child process.
+
+This file holds the side-by-side rows, the bars and the output; the data is in
+``quant_data``, the compared methods in ``quant_peers``, sessions/agreement/latency
+in ``quant_measure``, the mixed table in ``quant_mixed`` and memory in ``quant_memory``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,170 +33,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-import onnx
-import onnxruntime as ort
+if __package__ in (None, ""):  # run as a file (python tools/bench/quant.py): the root is not on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tools.bench.quant_data import digits_data, train_digits_cnn, zoo_samples
+from tools.bench.quant_measure import agreement, cosine, latencies_and_ratios, latency_ms, run_all, session, top1
+from tools.bench.quant_memory import calibration_memory, ort_calibration_memory
+from tools.bench.quant_mixed import MixedRow, bench_mixed
+from tools.bench.quant_peers import edgeopt_quantize, nncf_quantize, ort_static, prepare_fp32
 
 ZOO_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3", "efficientnet_b0", "yolov8n", "bert")
 METHODS = ("fp32", "edgeopt", "ort-static", "nncf")
-
-
-# ----------------------------------------------------------------------------------------------- digits
-
-
-def digits_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8x8 digits as float32 NCHW in [0, 1], split 80/20."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None]
-    y = digits.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
-    return x_train, y_train, x_test, y_test
-
-
-def train_digits_cnn(out: Path, seconds: float = 8.0, seed: int = 0) -> Path:
-    """Train a tiny CNN on digits for at most ``seconds`` and export it (opset 17, symbolic batch)."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(seed)
-    x_train, y_train, _, _ = digits_data(seed)
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10),
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    xs, ys = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    began = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        for _epoch in range(40):
-            order = torch.randperm(len(xs))
-            for start in range(0, len(xs), 64):
-                batch = order[start:start + 64]
-                optimizer.zero_grad()
-                loss = nn.functional.cross_entropy(model(xs[batch]), ys[batch])
-                loss.backward()
-                optimizer.step()
-            if time.perf_counter() - began > seconds:
-                break
-    model.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    import warnings
-
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (xs[:2],), str(out), dynamo=False, opset_version=17, input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                          do_constant_folding=False)
-    return out
-
-
-def top1(session: ort.InferenceSession, x: np.ndarray, y: np.ndarray) -> float:
-    name = session.get_inputs()[0].name
-    logits = np.concatenate([session.run(None, {name: x[i:i + 64]})[0] for i in range(0, len(x), 64)])
-    return float(np.mean(logits.argmax(-1) == y))
-
-
-# ------------------------------------------------------------------------------------------- utilities
-
-
-def session(path: Path | str | bytes, threads: int = 2) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
-                                providers=["CPUExecutionProvider"])
-
-
-def latency_ms(path: Path, feeds: dict[str, np.ndarray], budget: float = 2.0) -> float:
-    from edgeopt.passes.quant.gain import time_session
-
-    return time_session(session(path), feeds, budget=budget, min_runs=10) * 1e3
-
-
-def latencies(paths: list[Path], feeds: dict[str, np.ndarray], budget: float) -> list[float]:
-    """Milliseconds per run of each model, timed round-robin (see ``time_interleaved``)."""
-    from edgeopt.passes.quant.gain import time_interleaved
-
-    sessions = [session(p) for p in paths]
-    return [t * 1e3 for t in time_interleaved(sessions, [feeds] * len(sessions), budget=budget, min_runs=10)]
-
-
-def agreement(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
-    """Top-1 agreement for classifier outputs, else cosine (over all outputs)."""
-    from edgeopt.passes.quant.accuracy import agreement as agree
-
-    result = agree(reference, candidate)
-    return result.top1 if result.top1 is not None else result.cosine
-
-
-def cosine(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
-    from edgeopt.passes.quant.accuracy import agreement as agree
-
-    return agree(reference, candidate).cosine
-
-
-def run_all(path: Path, samples: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
-    s = session(path)
-    names = {i.name for i in s.get_inputs()}
-    return [s.run(None, {k: v for k, v in f.items() if k in names}) for f in samples]
-
-
-def prepare_fp32(src: Path, dst: Path) -> Path:
-    """The common FP32 start: edgeopt cleanup + fuse-conv-bn (ORT would fold BN at load anyway)."""
-    from edgeopt.ir import load_model, save_model
-    from edgeopt.passes import PassContext, PassManager, instantiate, parse_pipeline
-
-    model = load_model(src)
-    ctx = PassContext()
-    result = PassManager(instantiate(parse_pipeline("cleanup,fuse-conv-bn,cleanup"), ctx), [], ctx).run(model)
-    save_model(result.model, dst)
-    return dst
-
-
-def edgeopt_quantize(src: Path, dst: Path, samples: list[dict[str, np.ndarray]], options: str = "") -> dict:
-    from edgeopt.ir import load_model, save_model
-    from edgeopt.passes import PassContext, PassManager, instantiate, parse_pipeline
-    from edgeopt.targets import get_target
-
-    model = load_model(src)
-    ctx = PassContext(target=get_target("host-cpu"), calibration_data=lambda: iter(samples))
-    text = f"quantize{{samples={len(samples)},holdout=0{',' + options if options else ''}}}"
-    began = time.perf_counter()
-    result = PassManager(instantiate(parse_pipeline(text), ctx), [], ctx).run(model)
-    save_model(result.model, dst)
-    report = dict(ctx.config.get("reports", {}).get("quantize", {}))
-    report["seconds"] = time.perf_counter() - began
-    report["counts"] = result.records[0].counts
-    return report
-
-
-class _Reader:
-    def __init__(self, samples: list[dict[str, np.ndarray]]) -> None:
-        self.iterator = iter(samples)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self.iterator, None)
-
-
-def ort_static(src: Path, dst: Path, samples: list[dict[str, np.ndarray]]) -> None:
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
-    quantize_static(str(src), str(dst), _Reader(samples), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-
-
-def nncf_quantize(src: Path, dst: Path, samples: list[dict[str, np.ndarray]]) -> None:
-    import nncf
-
-    model = onnx.load(str(src))
-    quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
-    onnx.save(quantized, str(dst))
 
 
 # ------------------------------------------------------------------------------------------------ rows
@@ -208,6 +58,7 @@ class Row:
     latency_ms: float | None = None
     detail: str = ""
     cosine: float | None = None
+    vs_fp32: float | None = None  # median paired ratio of run times to FP32 in the same rounds
 
 
 def _guard(row: Row, fn: Callable[[], None]) -> None:
@@ -245,12 +96,6 @@ def bench_digits(work: Path, calibration: int = 64) -> list[Row]:
     return rows
 
 
-def zoo_samples(name: str, size: str, count: int, offset: int) -> list[dict[str, np.ndarray]]:
-    from tools.zoo import example_inputs
-
-    return [example_inputs(name, size, seed=offset + i) for i in range(count)]
-
-
 def bench_zoo(name: str, size: str, work: Path, calibration: int, evaluation: int) -> tuple[list[Row], dict]:
     from tools.zoo import build
 
@@ -284,12 +129,13 @@ def bench_zoo(name: str, size: str, work: Path, calibration: int, evaluation: in
     # Every method timed round-robin, so load from other processes falls on all alike; a kept-FP32 edgeopt
     # model is the very same graph as FP32, so the FP32 timing is its timing (no second noisy sample).
     timed = [r for r in rows if r.status == "ok" and not r.detail.endswith("(kept FP32)")]
-    seconds = latencies([work / f"{name}-{r.method}.onnx" for r in timed], held[0], budget=2.0 * len(timed))
-    for row, value in zip(timed, seconds, strict=True):
-        row.latency_ms = value
+    seconds, ratios = latencies_and_ratios([work / f"{name}-{r.method}.onnx" for r in timed], held[0],
+                                           budget=2.0 * len(timed))
+    for row, value, ratio in zip(timed, seconds, ratios, strict=True):
+        row.latency_ms, row.vs_fp32 = value, ratio if timed[0] is rows[0] else None
     for row in rows:
         if row.detail.endswith("(kept FP32)"):
-            row.latency_ms = rows[0].latency_ms
+            row.latency_ms, row.vs_fp32 = rows[0].latency_ms, 1.0
     return rows, reports
 
 
@@ -312,11 +158,23 @@ def check_bars(rows: list[Row]) -> list[str]:
             continue
         verdicts = [f"vs FP32 latency {ours.latency_ms:.2f} <= {base.latency_ms:.2f} ms:"
                     f" {'PASS' if ours.latency_ms <= base.latency_ms * 1.03 else 'FAIL'}"]
+        if ours.vs_fp32 is not None:
+            verdicts.append(f"paired ratio to FP32 {ours.vs_fp32:.3f} <= 1.03:"
+                            f" {'PASS' if ours.vs_fp32 <= 1.03 else 'FAIL'}")
         if static is not None and static.status == "ok":
             verdicts.append(f"latency <= ort-static {static.latency_ms:.2f}:"
                             f" {'PASS' if ours.latency_ms <= static.latency_ms * 1.03 else 'FAIL'}")
+            if ours.vs_fp32 is not None and static.vs_fp32 is not None:
+                verdict = "PASS" if ours.vs_fp32 <= static.vs_fp32 * 1.03 else "FAIL"
+                verdicts.append(f"paired ratio <= ort-static's {ours.vs_fp32:.3f} vs {static.vs_fp32:.3f}: {verdict}")
             verdicts.append(f"accuracy >= ort-static {static.accuracy:.4f}:"
                             f" {'PASS' if ours.accuracy >= static.accuracy - 1e-6 else 'FAIL'}")
+        faster_peers = [r for r in (static, peer) if r is not None and r.status == "ok" and r.vs_fp32 is not None
+                        and r.vs_fp32 < 0.97]
+        if faster_peers and ours.vs_fp32 is not None:
+            best = min(r.vs_fp32 for r in faster_peers)
+            verdicts.append(f"peers faster than FP32 (best ratio {best:.3f}): edgeopt {ours.vs_fp32:.3f} < 1:"
+                            f" {'PASS' if ours.vs_fp32 < 1.0 else 'FAIL'}")
         if peer is not None and peer.status == "ok":
             nncf_total += 1
             nncf_wins += ours.accuracy >= peer.accuracy - 1e-6
@@ -325,135 +183,6 @@ def check_bars(rows: list[Row]) -> list[str]:
         verdict = "PASS" if nncf_wins * 2 > nncf_total else "FAIL"
         lines.append(f"accuracy >= NNCF on {nncf_wins}/{nncf_total} zoo models (bar: most): {verdict}")
     return lines
-
-
-# ----------------------------------------------------------------------------------------------- mixed
-
-
-@dataclass
-class MixedRow:
-    model: str
-    config: str
-    int8_layers: str
-    predicted_ms: float | None
-    latency_ms: float | None
-    accuracy: float | None
-    pareto: str = ""
-
-
-def bench_mixed(name: str, size: str, work: Path, calibration: int, evaluation: int,
-                max_drop: float = 0.01) -> tuple[list[MixedRow], dict[str, str]]:
-    """Uniform FP32/FP16/INT8 and the mixed map on one model; predictions come from the mixed run's layer times."""
-    from edgeopt.ir import load_model, save_model
-    from edgeopt.passes.quant.fp16 import convert_fp16
-    from tools.zoo import build
-
-    fp32 = prepare_fp32(build(name, work / "zoo", size=size), work / f"{name}-fp32.onnx")
-    samples = zoo_samples(name, size, calibration, 0)
-    held = zoo_samples(name, size, evaluation, 10_000)
-    reference = run_all(fp32, held)
-    mixed_path, map_path = work / f"{name}-mixed.onnx", work / f"{name}-mixed-map.json"
-    report = edgeopt_quantize(fp32, mixed_path, samples,
-                              f"precision=mixed,max_drop={max_drop},save_precision_map={map_path}")
-    chosen: dict[str, str] = report.get("precision_map", {})
-    predicted = {k: v * 1e3 for k, v in report.get("predicted_latency_s", {}).items()}
-    fp16, int8 = work / f"{name}-fp16.onnx", work / f"{name}-int8.onnx"
-    save_model(convert_fp16(load_model(fp32)), fp16)
-    edgeopt_quantize(fp32, int8, samples, "gain=all")
-    int8_count = sum(v == "int8" for v in chosen.values())
-    # Timed round-robin; an all-FP32 map is the FP32 graph itself, so it reuses that timing.
-    paths = [fp32, fp16, int8] + ([mixed_path] if int8_count else [])
-    measured = latencies(paths, held[0], budget=2.0 * len(paths))
-    measured += [] if int8_count else [measured[0]]
-    rows = [MixedRow(name, "fp32", f"0/{len(chosen)}", predicted.get("fp32"), measured[0], 1.0),
-            MixedRow(name, "fp16", "-", None, measured[1], agreement(reference, run_all(fp16, held))),
-            MixedRow(name, "int8 (all layers)", f"{len(chosen)}/{len(chosen)}", predicted.get("all_int8"),
-                     measured[2], agreement(reference, run_all(int8, held))),
-            MixedRow(name, f"mixed max_drop={max_drop}" + ("" if int8_count else " (kept FP32)"),
-                     f"{int8_count}/{len(chosen)}", predicted.get("chosen"), measured[3],
-                     agreement(reference, run_all(mixed_path, held)))]
-    mixed = rows[-1]
-    dominated_by = [r.config for r in rows[:-1] if r.latency_ms is not None and mixed.latency_ms is not None
-                    and r.latency_ms < mixed.latency_ms * 0.97 and (r.accuracy or 0) >= (mixed.accuracy or 0)]
-    mixed.pareto = "on/beyond front" if not dominated_by else f"dominated by {', '.join(dominated_by)}"
-    return rows, chosen
-
-
-# ---------------------------------------------------------------------------------------------- memory
-
-_PEAK = """
-def reset_peak():
-    # Linux: writing 5 to clear_refs resets VmHWM, so the peak seen next is the calibration's own.
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-def status_mib(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-"""
-
-_MEMORY_CHILD = _PEAK + """
-import sys, time
-from edgeopt.ir import load_model
-from edgeopt.passes.quant.placement import RULE_SETS, candidate_layers, plan_qdq
-from edgeopt.passes.quant.statistics import collect_statistics
-from edgeopt.ir.reference import ReferenceExecutor
-model = load_model(sys.argv[1])
-rules = RULE_SETS["onnxruntime"]
-plan = plan_qdq(model, rules, [n.name for n in candidate_layers(model, rules)])
-reset_peak()
-before = status_mib("VmRSS")
-executor = ReferenceExecutor()  # no torch in this process: ids within the vocabulary, random masks
-began = time.perf_counter()
-samples = (executor.generate_inputs(model, seed=i) for i in range(int(sys.argv[3])))
-stats = collect_statistics(model, plan.activations, samples)
-peak = status_mib("VmHWM")
-print(f"{peak:.1f} {before:.1f} {stats.samples} {len(stats.histograms)} {stats.nbytes}"
-      f" {time.perf_counter() - began:.1f}")
-"""
-
-
-_ORT_MEMORY_CHILD = _PEAK + """
-import sys
-from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
-from edgeopt.ir import load_model
-from edgeopt.ir.reference import ReferenceExecutor
-model = load_model(sys.argv[1])
-executor = ReferenceExecutor()
-class Reader:
-    def __init__(self): self.it = (executor.generate_inputs(model, seed=i) for i in range(int(sys.argv[3])))
-    def get_next(self): return next(self.it, None)
-reset_peak()
-before = status_mib("VmRSS")
-calibrator = create_calibrator(sys.argv[1], calibrate_method=CalibrationMethod.Percentile,
-                               augmented_model_path=sys.argv[4])
-calibrator.collect_data(Reader())
-calibrator.compute_data()
-print(f"{status_mib('VmHWM'):.1f} {before:.1f}")
-"""
-
-
-def ort_calibration_memory(size: str, work: Path, samples: int) -> dict[str, float]:
-    """Peak RSS (MiB) of ORT's own percentile calibrater on the same model (it keeps every activation)."""
-    fp32 = work / "bert-fp32.onnx"
-    out = subprocess.run([sys.executable, "-c", _ORT_MEMORY_CHILD, str(fp32), size, str(samples),
-                          str(work / "bert-augmented.onnx")], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
-    peak, before = out.stdout.split()[-2:]
-    return {"ort_percentile_samples": samples, "ort_percentile_peak_rss_mib": float(peak),
-            "ort_rss_before_mib": float(before)}
-
-
-def calibration_memory(size: str, work: Path, samples: int = 256) -> dict[str, float]:
-    """Peak RSS (MiB) of a fresh process that loads BERT and calibrates every candidate tensor."""
-    from tools.zoo import build
-
-    fp32 = prepare_fp32(build("bert", work / "zoo", size=size), work / "bert-fp32.onnx")
-    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(fp32), size, str(samples)], capture_output=True,
-                         text=True, check=True, cwd=Path(__file__).resolve().parents[2])
-    peak, before, seen, tensors, nbytes, seconds = out.stdout.split()[-6:]
-    return {"peak_rss_mib": float(peak), "rss_before_mib": float(before), "samples": int(seen),
-            "tensors": int(tensors), "histogram_mib": int(nbytes) / 2**20, "seconds": float(seconds)}
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -474,9 +203,9 @@ def render(headers: list[str], body: Iterable[list[str]], markdown: bool) -> str
 
 
 def report_text(rows: list[Row], mixed: list[MixedRow], memory: dict | None, bars: list[str], markdown: bool) -> str:
-    parts = [render(["model", "method", "status", "accuracy", "cosine", "latency ms", "detail"],
+    parts = [render(["model", "method", "status", "accuracy", "cosine", "latency ms", "vs fp32", "detail"],
                     [[r.model, r.method, r.status, _fmt(r.accuracy, ".4f"), _fmt(r.cosine, ".5f"),
-                      _fmt(r.latency_ms, ".2f"), r.detail]
+                      _fmt(r.latency_ms, ".2f"), _fmt(r.vs_fp32, ".3f"), r.detail]
                      for r in rows], markdown)]
     if mixed:
         parts.append(render(["model", "config", "int8 layers", "predicted ms", "measured ms", "agreement", "pareto"],
@@ -494,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="full", choices=("small", "full"))
     parser.add_argument("--only", default=",".join(ZOO_MODELS), help="zoo models (comma separated)")
-    parser.add_argument("--mixed", default="resnet18,mobilenet_v2", help="zoo models for the mixed-precision table")
+    parser.add_argument("--mixed", default="resnet50,yolov8n", help="zoo models for the mixed-precision table")
+    parser.add_argument("--max-drop", type=float, default=0.01, help="mixed: accuracy budget (1-agreement or 1-cosine)")
     parser.add_argument("--calibration", type=int, default=32)
     parser.add_argument("--evaluation", type=int, default=16)
     parser.add_argument("--memory-samples", type=int, default=256)
@@ -518,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     maps: dict[str, dict[str, str]] = {}
     for name in filter(None, args.mixed.split(",")):
         print(f"[{time.strftime('%H:%M:%S')}] mixed {name}", file=sys.stderr, flush=True)
-        model_mixed, maps[name] = bench_mixed(name, args.size, work, args.calibration, args.evaluation)
+        model_mixed, maps[name] = bench_mixed(name, args.size, work, args.calibration, args.evaluation,
+                                              args.max_drop)
         mixed += model_mixed
     memory = None
     if not args.skip_memory:
@@ -548,6 +279,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run as a file (python tools/bench/quant.py), the repository root is not on sys.path for `tools.zoo`.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     sys.exit(main())
