@@ -214,7 +214,8 @@ def test_gelu_and_silu_islands_are_one_kernel_each() -> None:
 def _openvino_runtime_nodes(path: Path) -> list[tuple[str, list[str]]]:
     """(layerType, originalLayersNames) of every op the OpenVINO CPU plugin runs for ``path``."""
     ov = pytest.importorskip("openvino")
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1})
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1,
+                                                       "INFERENCE_PRECISION_HINT": "f32"})
     out = []
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()

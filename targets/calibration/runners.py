@@ -209,10 +209,17 @@ class OpenVinoRunner(Runner):
                               f"(found: {', '.join(self.core.available_devices)})")
         self.ov_device = device
 
-    def prepare(self, model: onnx.ModelProto | Path):
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+    def _config(self) -> dict[str, object]:
+        # f32 kernels, as the cost model's "fp32" means: on CPUs with AVX-512 BF16 or AMX the plugin
+        # would otherwise run bf16, with other kernels (the MHA Subgraph then leaves its output
+        # Transpose apart) and other timings than the f32 artifact the emitter validates.
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
+        return config
+
+    def prepare(self, model: onnx.ModelProto | Path):
+        config = self._config()
         if isinstance(model, Path):
             compiled = self.core.compile_model(str(model), self.ov_device, config)
         else:
@@ -226,9 +233,7 @@ class OpenVinoRunner(Runner):
 
     def kernel_time(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float:
         """Median per-run sum of OpenVINO's per-node timings (PERF_COUNT), layout reorders excluded."""
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
-        if self.threads:
-            config["INFERENCE_NUM_THREADS"] = self.threads
+        config = {**self._config(), "PERF_COUNT": True}
         with tempfile.TemporaryDirectory(prefix="edgeopt-ov-") as folder:
             path = Path(folder) / "model.onnx"
             onnx.save(model, str(path))
