@@ -190,3 +190,51 @@ def test_dims_option_binds_symbolic_dims(tmp_path: Path) -> None:
     assert config["input_shapes"] == {"input_ids": [1, 16], "attention_mask": [1, 16]}
     with pytest.raises(UserError, match="dims names unknown dim"):
         get_emitter("tvm").emit(model, tmp_path / "bad", {"dims": "height=4"})
+
+
+def test_cpu_preparation_marks_weights_layout_free(paddle_resnet: Path) -> None:
+    # Tuned CPU schedules may then keep conv weights packed (MetaSchedule's RewriteLayout).
+    import tvm
+
+    from edgeopt.targets.emitters.tvm import _import, _prepare
+
+    model = onnx.load(str(paddle_resnet))
+    mod = _import(model.SerializeToString(), {"images": [1, 3, 32, 32]})
+    prepared = _prepare(mod, tvm.target.Target(tvm_tuning.parse_target("llvm -mcpu=native")))
+    convs = [func for var, func in prepared.functions.items() if "conv2d" in var.name_hint]
+    assert convs and all(func.attrs and "layout_free_buffers" in func.attrs for func in convs)
+
+
+def two_matmul_model() -> onnx.ModelProto:
+    """x @ w_big (64x256x256) then @ w_small (64x256x8): the first has 32x the FLOPs of the second."""
+    rng = np.random.default_rng(1)
+    big = numpy_helper.from_array(rng.standard_normal((256, 256)).astype(np.float32), "big")
+    small = numpy_helper.from_array(rng.standard_normal((256, 8)).astype(np.float32), "small")
+    nodes = [helper.make_node("MatMul", ["x", "big"], ["h"]), helper.make_node("MatMul", ["h", "small"], ["y"])]
+    graph = helper.make_graph(nodes, "mm2", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 8])], [big, small])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.slow  # three MetaSchedule batches: minutes on 2 cores
+def test_tuning_gives_trials_where_the_time_is_and_commits_each_batch(tmp_path: Path, private_cache: Path) -> None:
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    from edgeopt.targets.emitters.tvm import _import, _prepare
+
+    target = tvm.target.Target(tvm_tuning.parse_target("llvm -mcpu=native"))
+    prepared = _prepare(_import(two_matmul_model().SerializeToString(), {"x": [64, 256]}), target)
+    first = tvm_tuning.FIRST_BATCH
+    spent, _, tasks = tvm_tuning.tune(prepared, target, tmp_path / "db", 2 * first + 16, 64)
+    assert (spent, tasks) == (2 * first + 16, 2)
+    database = ms.database.JSONDatabase(work_dir=str(tmp_path / "db"))
+    # Every measured candidate is a record: the task with 32x the FLOPs got the batch after the first round.
+    counts = {estimate_tir_flops(task.dispatched[0]): len(database.get_top_k(
+        database.commit_workload(task.dispatched[0]), 1000)) for task in ms.relax_integration.extract_tasks(
+        prepared, target)}
+    assert [counts[flops] for flops in sorted(counts)] == [first, first + 16], counts
+    # A time limit stops new batches: the first (the bigger task's) still runs and is kept.
+    spent, _, _ = tvm_tuning.tune(prepared, target, tmp_path / "db2", 1000, 64, seconds=1e-6)
+    assert spent == first

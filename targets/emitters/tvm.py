@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ class TvmOptions:
     host: str = option("", help="host target of a GPU build (the CPU that drives it)")
     trials: int = option(0, help="MetaSchedule trial budget for this compile (0: database records + defaults)")
     trials_per_task: int = option(0, help="trial cap per tuning task (0: budget / tasks, at least 32)")
+    tuning_seconds: int = option(0, help="stop starting tuning batches after this many seconds (0: no limit)")
     num_cores: int = option(0, help="cores the tuned code uses (0: this machine's, for host builds)")
     cross_compiler: str = option("", help="C compiler that links a cross build (default: <triple>-gcc)")
     dims: str = option("", help="sizes of symbolic dims in the build, e.g. sequence=128 (unnamed ones: 1)")
@@ -78,7 +80,6 @@ class TvmEmitter(Emitter):
 
     def emit(self, model: ir.Model, folder: Path, options: Mapping[str, Any]) -> EmitResult:
         import tvm
-        from tvm import relax
 
         opts: TvmOptions = self.options(options)
         spec = tvm_tuning.parse_target(opts.target, opts.host, opts.num_cores)
@@ -103,15 +104,12 @@ class TvmEmitter(Emitter):
         self._prepared, self._payload, self._quantized = mod, payload, is_quantized(model)
 
         work = tvm_tuning.cache_root() / tvm_tuning.target_slug(spec) / tvm_tuning.model_hash(payload, shapes)
-        with target:
-            prepared = tvm.transform.Sequential([
-                *relax.pipeline.library_dispatch_passes(target), *relax.pipeline.legalize_passes(target),
-            ])(mod)
+        prepared = _prepare(mod, target)
         record = tvm_tuning.TuningRecord.load(work)
         if opts.trials > record.trials:
             if tvm_tuning.runs_here(spec):
                 asked, seconds, tasks = tvm_tuning.tune(prepared, target, work, opts.trials - record.trials,
-                                                        opts.trials_per_task)
+                                                        opts.trials_per_task, opts.tuning_seconds)
                 record = tvm_tuning.TuningRecord(record.trials + asked, record.seconds + seconds, tasks)
                 record.save(work, spec)
                 notes.append(f"tuned {asked} MetaSchedule trials over {tasks} tasks in {seconds:.0f} s")
@@ -147,21 +145,24 @@ class TvmEmitter(Emitter):
             # A cross or GPU build cannot run here: the same Relax module is built for this
             # CPU with default schedules and checked instead (the frontend and lowering are shared).
             host = tvm.target.Target(tvm_tuning.parse_target("llvm -mcpu=native"))
-            with host:
-                prepared = tvm.transform.Sequential([
-                    *relax.pipeline.library_dispatch_passes(host), *relax.pipeline.legalize_passes(host),
-                ])(self._prepared)
-            executable = _build(prepared, host, None)
+            executable = _build(_prepare(self._prepared, host), host, None)
             result.notes.append("validated a build of the same module for this CPU")
         vm = relax.VirtualMachine(executable, tvm.cpu())
         args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[name])) for name in self._input_names]
+        began = time.perf_counter()
         try:
             outputs = _flatten(vm["main"](*args))
         except Exception as error:
             raise UserError(f"backend 'tvm': Relax VM run failed: {str(error).strip().splitlines()[-1]}") from None
+        first_s = time.perf_counter() - began
         result.validation = compare(reference, by_position(reference, outputs), reduced=self._quantized)
         if measure and self._executable is not None:
-            result.latency_ms = time_call(lambda: vm["main"](*args))
+            # The validation run was the first warm-up. Untuned full-size CNNs take many seconds a
+            # run: timing them like a tuned build (3 warm-ups + up to 20 runs) took minutes each.
+            warmup, repeats = (0, 1) if first_s > 5 else (1, 3) if first_s > 0.5 else (3, 20)
+            result.latency_ms = time_call(lambda: vm["main"](*args), warmup=warmup, repeats=repeats)
+            if repeats == 1:
+                result.notes.append(f"timed one run (the validation run took {first_s:.1f} s)")
             result.validation["onnxruntime_latency_ms"] = _ort_latency(self._payload, inputs)
             result.notes.append(f"latency here: TVM {result.latency_ms:.2f} ms,"
                                 f" ONNX Runtime {result.validation['onnxruntime_latency_ms']:.2f} ms")
@@ -214,6 +215,24 @@ def _import(payload: bytes, shapes: dict[str, list[int]]) -> Any:
     return relax.transform.DecomposeOpsForInference()(mod)
 
 
+def _prepare(mod: Any, target: Any) -> Any:
+    """Legalized, fused TIR: what MetaSchedule tunes and what its records are applied to.
+
+    On CPUs the weight buffers are marked layout-free, so a tuned schedule may keep the weights
+    in a packed layout its inner loops read contiguously (MetaSchedule's RewriteLayout); the
+    packing is split out and folded into the constants after the records are applied
+    (:func:`_build`). TVM's own CPU tuning pipeline does the same (``cpu_weight_prepack``).
+    """
+    import tvm
+    from tvm import relax
+
+    passes = [*relax.pipeline.library_dispatch_passes(target), *relax.pipeline.legalize_passes(target)]
+    if target.kind.name == "llvm":
+        passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
+    with target:
+        return tvm.transform.Sequential(passes)(mod)
+
+
 def _build(prepared: Any, target: Any, database_dir: Path | None) -> Any:
     """Apply tuning records (if any), DLight defaults for the rest, and compile."""
     import tvm
@@ -226,6 +245,10 @@ def _build(prepared: Any, target: Any, database_dir: Path | None) -> Any:
         if database_dir is not None:
             with ms.database.JSONDatabase(work_dir=str(database_dir)):
                 mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+            # Packed weight layouts chosen by the records: the packing becomes its own function on
+            # the constant weights, and FoldConstant runs it once here instead of on every call.
+            mod = tvm.transform.Sequential([relax.transform.SplitLayoutRewritePreproc(),
+                                            relax.transform.FoldConstant()])(mod)
         if target.kind.name == "cuda":
             rules = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
                      dl.gpu.Fallback()]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -25,6 +26,8 @@ from typing import Any
 from edgeopt.ir.errors import UserError
 
 RECORD_FILE = "edgeopt_tuning.json"
+# How the emitter prepares the TIR it tunes (tvm._prepare); part of the database key.
+PREPARATION = "legalize-fuse-layout-free-weights"
 _LIST_KEYS = {"mattr", "libs", "keys"}
 
 
@@ -94,6 +97,7 @@ def target_slug(spec: dict[str, Any]) -> str:
 
 def model_hash(onnx_bytes: bytes, shapes: dict[str, list[int]]) -> str:
     digest = hashlib.sha256(onnx_bytes)
+    digest.update(PREPARATION.encode())  # records made for another preparation never match: start afresh
     digest.update(json.dumps(shapes, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
@@ -127,37 +131,129 @@ def has_records(folder: Path) -> bool:
     return records.exists() and records.stat().st_size > 0
 
 
-def tune(mod: Any, target: Any, folder: Path, trials: int, per_task: int) -> tuple[int, float, int]:
-    """Spend ``trials`` MetaSchedule trials on the fused TIR tasks of ``mod``; records go to ``folder``.
+BATCH = 32  # candidates per measured batch: each batch pays a worker-pool start and a search
+FIRST_BATCH = 8  # the first round's batch: every task needs a schedule before any gets more
+SMALL_SHARE = 0.01  # tasks below this share of the model's FLOPs get no more than the first batch
+TINY_SHARE = 0.0005  # below this (reshape, mean, a batch-1 classifier) naive loops or DLight cost microseconds
 
-    Returns (trials spent: the budget, or fewer when every task reached its cap; seconds; tasks).
-    ``mod`` must already be legalized and fused (the same preparation MetaScheduleApplyDatabase
-    sees, so the records match).
+
+def tune(mod: Any, target: Any, folder: Path, trials: int, per_task: int,
+         seconds: float = 0.0) -> tuple[int, float, int]:
+    """Spend up to ``trials`` MetaSchedule trials (and ``seconds``, if set) on the fused TIR tasks of ``mod``.
+
+    Trials go where the time is: each task first gets one small batch (an untuned task falls
+    back to naive loops, so every task needs a schedule first), then every further batch goes
+    to the task with at least 1% of the FLOPs and the largest weighted latency in the database,
+    discounted by the batches it already had (earlier runs' records count: a later run goes on
+    from them). This is what MetaSchedule's gradient scheduler aims at, but that scheduler commits no record until every
+    task had its first round; here every batch is committed to ``folder`` when it is measured,
+    so a run stopped at any time keeps its records. One XGBoost cost model learns across all
+    batches. Returns (trials measured, seconds, tasks). ``mod`` must be prepared as the build
+    prepares it (``tvm._prepare``) so the records match.
     """
+    import numpy as np
     from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.analysis import estimate_tir_flops
 
-    tasks = ms.relax_integration.extract_tasks(mod, target)
-    if not tasks:
+    extracted = [task for task in ms.relax_integration.extract_tasks(mod, target)
+                 if not (task.mod.attrs and task.mod.attrs.get("tirx.is_scheduled", False))]
+    if not extracted:
         return 0, 0.0, 0
-    per_task = per_task or max(32, trials // len(tasks))
     folder.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, str(folder))
-    ms.tune.tune_tasks(
-        tasks=contexts, task_weights=weights, work_dir=str(folder),
-        max_trials_global=trials, max_trials_per_task=per_task,
-        # The gradient scheduler commits nothing until every task has had its first round; round-robin
-        # commits each task's records as they are measured, so a stopped tuning run still leaves records.
-        task_scheduler="round-robin",
-        num_trials_per_iter=min(per_task, 64),  # one batch a task: each batch pays a worker-pool start
-        # LocalBuilder's default 30 s timeout counts a fresh worker's TVM import: on a loaded
-        # 2-core machine every build timed out and no record was ever written.
-        builder=ms.builder.LocalBuilder(max_workers=max(1, len(os.sched_getaffinity(0))), timeout_sec=300,
-                                        f_build=build_candidate),
-        runner=ms.runner.LocalRunner(timeout_sec=120),
-        database=ms.database.JSONDatabase(work_dir=str(folder)),
-    )
-    return min(trials, per_task * len(tasks)), time.perf_counter() - began, len(tasks)
+    per_task = per_task or max(BATCH, trials // len(extracted))
+    cores = max(1, len(os.sched_getaffinity(0)))
+    database = ms.database.JSONDatabase(work_dir=str(folder))
+    cost_model = ms.cost_model.XGBModel(num_tuning_cores=cores)
+    # LocalBuilder's default 30 s timeout counts a fresh worker's TVM import: on a loaded 2-core
+    # machine every build timed out and no record was ever written. Both are made once and
+    # shared by all batches (making them took about 25 s a batch here).
+    builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=300, f_build=build_candidate)
+    runner = ms.runner.LocalRunner(timeout_sec=120)
+    flops = np.array([estimate_tir_flops(task.dispatched[0]) * task.weight for task in extracted])
+    share = flops / max(flops.sum(), 1.0)
+    # Candidates measured per task, earlier runs' records included: a later run with a bigger
+    # budget continues from them instead of sampling every task again.
+    given = [_record_count(database, task) for task in extracted]
+    prior, spent = list(given), [0]  # ``per_task`` caps what this run adds to a task
+    loggers = [_task_logger(folder, i, task.task_name) for i, task in enumerate(extracted)]
+
+    def run_batch(index: int, count: int) -> None:
+        task = extracted[index]
+        # A task's first batch samples its design space at random: before any measurement the
+        # cost model cannot rank candidates, and the evolutionary search cost more than the
+        # build and run of its batch. Later batches evolve from the measured best, with a
+        # smaller population than the default 512 (4 genetic rounds) for the same reason.
+        strategy = (ms.search_strategy.EvolutionarySearch(population_size=128, genetic_num_iters=3) if given[index]
+                    else ms.search_strategy.ReplayTrace())
+        context = ms.TuneContext(mod=task.dispatched[0], target=task.target, space_generator="post-order-apply",
+                                 search_strategy=strategy, task_name=task.task_name, logger=loggers[index],
+                                 num_threads="physical").clone()
+        ms.tune.tune_tasks(
+            tasks=[context], task_weights=[task.weight], work_dir=str(folder),
+            max_trials_global=count, max_trials_per_task=count, num_trials_per_iter=count,
+            builder=builder, runner=runner, database=database, cost_model=cost_model,
+        )
+        given[index] += count
+        spent[0] += count
+
+    def out_of_budget() -> bool:
+        # The time limit stops new batches once one has run: a limit shorter than a batch still tunes the top task.
+        return spent[0] >= trials or bool(seconds and spent[0] and time.perf_counter() - began > seconds)
+
+    order = sorted(range(len(extracted)), key=lambda i: -share[i])
+    for index in order:  # first round: the big tasks first, so a short budget tunes what matters
+        if out_of_budget() or share[index] < TINY_SHARE:
+            break
+        if not given[index]:
+            run_batch(index, min(per_task, trials - spent[0], FIRST_BATCH))
+    while not out_of_budget():
+        # A task still without a record after its batch failed to build: it gets no more trials.
+        best = [_weighted_latency(database, task) for task in extracted]
+        best = [0.0 if b == float("inf") and given[i] else b for i, b in enumerate(best)]
+        open_tasks = [i for i in range(len(extracted)) if given[i] - prior[i] < per_task and share[i] >= SMALL_SHARE]
+        if not open_tasks:
+            break
+        index = max(open_tasks, key=lambda i: best[i] / (1 + given[i] / BATCH) ** 0.5)
+        run_batch(index, min(BATCH, per_task - given[index] + prior[index], trials - spent[0]))
+    return spent[0], time.perf_counter() - began, len(extracted)
+
+
+def _task_logger(folder: Path, index: int, name: str) -> logging.Logger:
+    """One log file per task under ``folder/logs``, as MetaSchedule names them.
+
+    MetaSchedule's own helper (``get_loggers_from_work_dir``) re-runs ``logging.config.dictConfig``
+    on every call, which resets the process's logging; under pytest its second call failed on a
+    handler without a name. A plain file logger per task does the same job.
+    """
+    logger = logging.getLogger(f"tvm.s_tir.meta_schedule.task_{index:02d}_{name[:100]}")
+    path = folder / "logs" / f"{logger.name}.log"
+    if not any(getattr(handler, "baseFilename", None) == str(path.resolve()) for handler in logger.handlers):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    return logger
+
+
+def _record_count(database: Any, task: Any) -> int:
+    mod = task.dispatched[0]
+    if not database.has_workload(mod):
+        return 0
+    return len(database.get_top_k(database.commit_workload(mod), 1 << 20))
+
+
+def _weighted_latency(database: Any, task: Any) -> float:
+    """Best measured seconds of ``task`` times its weight; infinity when it has no record yet."""
+    mod = task.dispatched[0]
+    if not database.has_workload(mod):
+        return float("inf")
+    records = database.get_top_k(database.commit_workload(mod), 1)
+    if not records or not records[0].run_secs:
+        return float("inf")
+    return float(sum(float(x) for x in records[0].run_secs) / len(records[0].run_secs)) * task.weight
 
 
 def build_candidate(mod: Any, target: Any, _params: Any) -> Any:
