@@ -18,6 +18,19 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_MODEL = ROOT / "examples" / "tiny_cnn.onnx"
 
 
+def assert_zoo_outputs_match(name: str, original, optimized) -> None:
+    """A small zoo model and its optimized IR agree within 1e-5 relative at batch 1 and 3 (dynamic batch)."""
+    from edgeopt.ir import ReferenceExecutor, compare_outputs
+    from tools import zoo
+
+    executor = ReferenceExecutor()
+    for batch in (1, 3):
+        feeds = zoo.example_inputs(name, "small", batch=batch, seed=batch)
+        comparison = compare_outputs(executor.run(original, feeds), executor.run(optimized, feeds),
+                                     atol=1e-5, rtol=1e-5)
+        assert comparison.ok and comparison.max_rel < 1e-5, comparison.worst()
+
+
 def make_conv_bn_model(opset: int = 17, batch: str | int = "N") -> onnx.ModelProto:
     """x -> Conv -> BatchNormalization -> Identity -> Relu -> Dropout -> y, with a dead branch."""
     rng = np.random.default_rng(0)

@@ -11,9 +11,10 @@ import pytest
 from onnx import helper
 from onnxscript.rewriter import RewriteRuleClassBase
 
-from edgeopt.ir import PipelineError, ReferenceExecutor, compare_outputs, load_model
+from edgeopt.ir import PipelineError, load_model
 from edgeopt.passes import PassContext, instantiate, parse_pipeline
 from edgeopt.passes.fusion.registry import fusion_rule, registered_fusions, unregister_fusion
+from tests.conftest import assert_zoo_outputs_match
 from tests.test_cleanup import F, assert_same, make, ops, optimize
 
 RNG = np.random.default_rng(0)
@@ -238,12 +239,7 @@ def test_zoo_small_through_default_pipeline(name: str, zoo_dir: Path, tmp_path: 
 
     path = zoo.build(name, zoo_dir, size="small")
     original, optimized, _ = optimize(onnx.load(str(path)), DEFAULT_PIPELINE, tmp_path)
-    executor = ReferenceExecutor()
-    for batch in (1, 3):
-        feeds = zoo.example_inputs(name, "small", batch=batch, seed=batch)
-        comparison = compare_outputs(executor.run(original, feeds), executor.run(optimized, feeds),
-                                     atol=1e-5, rtol=1e-5)
-        assert comparison.ok and comparison.max_rel < 1e-5, comparison.worst()
+    assert_zoo_outputs_match(name, original, optimized)
     assert "BatchNormalization" not in ops(optimized)
     # Dynamic batch stays dynamic: the inputs' symbolic dims stay symbolic, and so does every output dim
     # named after one of them (other symbolic output dims may be exporter names for static sizes).
