@@ -161,3 +161,48 @@ def test_onnxruntime_rules_place_qdq_where_quantize_static_does(tmp_path: Path) 
     for op in ("QLinearConv", "QLinearSigmoid", "QLinearMul", "QLinearConcat", "QLinearGlobalAveragePool"):
         assert fused[op] >= 1, (op, fused)
     assert fused["QuantizeLinear"] == 1 and fused["DequantizeLinear"] <= 1, fused  # only at the model's borders
+
+
+def linear_bias_model() -> ir.Model:
+    """x -> MatMul(w) -> Add(bias) -> Mul(0.5) -> MatMul(w2): a transformer's Linear layers as exported."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32) * 0.2, "w"),
+             numpy_helper.from_array(rng.standard_normal(32).astype(np.float32) * 0.1, "bias"),
+             numpy_helper.from_array(rng.standard_normal((32, 8)).astype(np.float32) * 0.2, "w2"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="matmul"),
+             helper.make_node("Add", ["bias", "h"], ["hb"], name="bias_add"),
+             helper.make_node("Mul", ["hb", "half"], ["hs"], name="scale"),
+             helper.make_node("MatMul", ["hs", "w2"], ["y"], name="matmul2")]
+    graph = helper.make_graph(nodes, "linear_bias", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], inits)
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_onnxruntime_rules_quantize_constant_operands_like_quantize_static(tmp_path: Path) -> None:
+    """A bias Add / constant Mul is an INT8 layer whose constant is activation-typed: ORT runs QLinearAdd/QLinearMul."""
+    model = linear_bias_model()
+    rules = RULE_SETS["onnxruntime"]
+    layers = [n.name for n in candidate_layers(model, rules)]
+    assert layers == ["matmul", "bias_add", "scale", "matmul2"]
+    assert [n.name for n in candidate_layers(model, RULE_SETS["tensorrt"])] == ["matmul", "matmul2"]
+    plan = plan_qdq(model, rules, layers)
+    assert sorted(plan.constants) == [("bias_add", 0), ("scale", 1)]
+    executor = ReferenceExecutor()
+    samples = [executor.generate_inputs(model, seed=i) for i in range(8)]
+    stats = collect_statistics(model, set(plan.activations.values()), samples)
+    quantized = model.clone()
+    apply_plan(quantized, plan, lambda name: activation_params(stats.range(name, "minmax"), 8, False, False))
+    dq_types = {n.name: n.inputs[0].const_value.numpy().dtype for n in quantized.graph
+                if n.op_type == "DequantizeLinear" and n.inputs[0].const_value is not None}
+    assert dq_types["bias_bias_add_DequantizeLinear"] == dq_types["half_scale_DequantizeLinear"] == np.uint8
+    assert compare_outputs(executor.run(model, samples[0]), executor.run(quantized, samples[0])).cosine > 0.995
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(ir.serde.serialize_model(quantized).SerializeToString(), options,
+                         providers=["CPUExecutionProvider"])
+    fused = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    # The data stays 8-bit from the input's Q to the last MatMul, which writes the float graph output.
+    assert fused == Counter({"QuantizeLinear": 1, "QLinearMatMul": 1, "QLinearAdd": 1, "QLinearMul": 1,
+                             "MatMulIntegerToFloat": 1}), fused

@@ -45,6 +45,10 @@ class RuleSet:
     activation_symmetric: bool
     activation_signed: bool | None  # None: unsigned when the range is non-negative
     activation_bits: tuple[int, ...] = (8,)
+    # Add/Mul with one constant operand are layers too, the constant quantized like an activation
+    # (its own range, the activation type): ONNX Runtime then runs QLinearAdd/QLinearMul and the
+    # tensor stays 8-bit between layers, as quantize_static places it (BERT's bias Adds).
+    constant_operands: bool = False
 
 
 # Layers whose every input is an activation (element-wise with two activations, or a concatenation).
@@ -58,7 +62,7 @@ _ORT_LAYERS = frozenset({"Conv", "MatMul", "Gemm", "Add", "Mul", "Concat", "Sigm
 
 RULE_SETS: dict[str, RuleSet] = {
     "onnxruntime": RuleSet("onnxruntime", _ORT_LAYERS, frozenset({"Relu", "Clip"}), _PASSTHROUGH, True, "layer",
-                           False, False, (8, 16)),
+                           False, False, (8, 16), constant_operands=True),
     "tensorrt": RuleSet("tensorrt", frozenset({"Conv", "MatMul", "Gemm"}), frozenset(), frozenset(), False,
                         "residual", True, True),
     "openvino": RuleSet("openvino", frozenset({"Conv", "MatMul", "Gemm"}), frozenset(), frozenset(), False,
@@ -88,6 +92,7 @@ class QdqPlan:
     activations: dict[str, str] = field(default_factory=dict)
     weights: list[WeightSpec] = field(default_factory=list)
     biases: list[tuple[str, int]] = field(default_factory=list)  # (node, input index), int32 for Conv/Gemm
+    constants: list[tuple[str, int]] = field(default_factory=list)  # (node, input index): activation-typed
 
 
 def _is_float_activation(value: ir.Value | None) -> bool:
@@ -137,7 +142,8 @@ def candidate_layers(model: ir.Model, rules: RuleSet) -> list[ir.Node]:
         if node.op_type == "Conv" and not _is_weight(node.inputs[1]):
             continue
         if node.op_type in ALL_INPUT_OPS:
-            if len(node.inputs) < 2 or not all(_is_float_activation(v) for v in node.inputs):
+            if len(node.inputs) < 2 or not (all(_is_float_activation(v) for v in node.inputs)
+                                             or (rules.constant_operands and constant_operand(node) is not None)):
                 continue
         elif not _is_float_activation(node.inputs[0]):
             continue
@@ -145,6 +151,19 @@ def candidate_layers(model: ir.Model, rules: RuleSet) -> list[ir.Node]:
             continue
         layers.append(node)
     return layers
+
+
+def constant_operand(node: ir.Node) -> int | None:
+    """The index of the constant operand of an Add/Mul whose other operand is a float activation."""
+    if node.op_type not in ("Add", "Mul") or len(node.inputs) != 2:
+        return None
+    kinds = [_is_float_activation(v) for v in node.inputs]
+    weights = [_is_weight(v) for v in node.inputs]
+    if kinds == [True, False] and weights[1]:
+        return 1
+    if kinds == [False, True] and weights[0]:
+        return 0
+    return None
 
 
 def activation_inputs(node: ir.Node) -> list[ir.Value]:
@@ -172,6 +191,9 @@ def plan_qdq(model: ir.Model, rules: RuleSet, layers: Iterable[str]) -> QdqPlan:
                 plan.weights.append(WeightSpec(node.name, index, weight_axis(node, index)))
             if index == 2 and _is_weight(value) and node.op_type in ("Conv", "Gemm"):
                 plan.biases.append((node.name, index))
+        constant = constant_operand(node) if rules.constant_operands else None
+        if constant is not None:
+            plan.constants.append((node.name, constant))
         if rules.quantize_outputs:
             output = layer_tail(node, rules).outputs[0]
             if not output.is_graph_output():

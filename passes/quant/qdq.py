@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.passes.quant.calibrators import QuantParams, quantize_array, weight_params
+from edgeopt.passes.quant.calibrators import QuantParams, Range, quantize_array, weight_params
+from edgeopt.passes.quant.calibrators import activation_params as activation_range_params
 from edgeopt.passes.quant.placement import QdqPlan
 
 
@@ -123,6 +124,29 @@ def apply_plan(model: ir.Model, plan: QdqPlan, activation_params: Callable[[str]
         new_nodes.append(dq)
         node.replace_input_with(index, dq.outputs[0])
         counts.biases += 1
+
+    for node_name, index in plan.constants:
+        node = nodes[node_name]
+        constant, other = node.inputs[index], node.inputs[1 - index]
+        other_dq = other.producer() if other is not None else None
+        if constant is None or constant.const_value is None or other_dq is None \
+                or other_dq.op_type != "DequantizeLinear" or other_dq.domain:  # 16-bit: the constant stays float
+            continue
+        dtype = other_dq.inputs[2].const_value.numpy().dtype if other_dq.inputs[2] is not None else np.dtype(np.uint8)
+        array = constant.const_value.numpy().astype(np.float32)
+        params = activation_range_params(Range(min(float(array.min()), 0.0), max(float(array.max()), 0.0)),
+                                         signed=np.issubdtype(dtype, np.signedinteger))
+        params = QuantParams(np.asarray(params.scale, np.float32), np.asarray(params.zero_point, params.dtype),
+                             params.dtype)
+        quantized = _initializer(graph, f"{constant.name}_{node_name}_quantized", quantize_array(array, params))
+        scale = _initializer(graph, f"{constant.name}_{node_name}_scale", params.scale)
+        zero = _initializer(graph, f"{constant.name}_{node_name}_zero_point", params.zero_point)
+        prefix = f"{constant.name}_{node_name}"
+        dq = ir.Node("", "DequantizeLinear", [quantized, scale, zero], name=f"{prefix}_DequantizeLinear",
+                     outputs=[ir.Value(name=f"{prefix}_dequantized", shape=constant.shape, type=constant.type)])
+        new_nodes.append(dq)
+        node.replace_input_with(index, dq.outputs[0])
+        counts.weights += 1
 
     for new in new_nodes:
         graph.append(new)
