@@ -19,6 +19,16 @@ from edgeopt.passes.quant.qdq import apply_plan
 from edgeopt.passes.quant.statistics import collect_statistics
 
 
+def ort_fused_ops(model: ir.Model, folder: Path) -> Counter[str]:
+    """The op histogram of ``model`` after ONNX Runtime's graph optimizations (QDQ groups become QLinear ops)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(folder / "optimized.onnx")
+    ort.InferenceSession(ir.serde.serialize_model(model).SerializeToString(), options,
+                         providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(str(folder / "optimized.onnx")).graph.node)
+
+
 def residual_model() -> ir.Model:
     """x -> Conv1 -> Relu (r1) -> Conv2 (c2); Add(c2, r1) -> Flatten -> MatMul -> y."""
     rng = np.random.default_rng(0)
@@ -88,12 +98,7 @@ def test_quantized_model_runs_close_to_float(rules: str, tmp_path: Path) -> None
     reference, result = executor.run(model, samples[0]), executor.run(quantized, samples[0])
     assert compare_outputs(reference, result).cosine > 0.995
     if rules == "onnxruntime":
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-        ort.InferenceSession(ir.serde.serialize_model(quantized).SerializeToString(), options,
-                             providers=["CPUExecutionProvider"])
-        fused = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+        fused = ort_fused_ops(quantized, tmp_path)
         assert fused["QLinearConv"] == 2 and fused["QLinearAdd"] == 1, fused
 
 
@@ -152,12 +157,7 @@ def test_onnxruntime_rules_place_qdq_where_quantize_static_does(tmp_path: Path) 
     quantized = model.clone()
     apply_plan(quantized, plan, lambda name: activation_params(stats.range(name, "minmax"), 8, False, False))
     assert compare_outputs(executor.run(model, samples[0]), executor.run(quantized, samples[0])).cosine > 0.995
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(ir.serde.serialize_model(quantized).SerializeToString(), options,
-                         providers=["CPUExecutionProvider"])
-    fused = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    fused = ort_fused_ops(quantized, tmp_path)
     for op in ("QLinearConv", "QLinearSigmoid", "QLinearMul", "QLinearConcat", "QLinearGlobalAveragePool"):
         assert fused[op] >= 1, (op, fused)
     assert fused["QuantizeLinear"] == 1 and fused["DequantizeLinear"] <= 1, fused  # only at the model's borders
@@ -197,12 +197,7 @@ def test_onnxruntime_rules_quantize_constant_operands_like_quantize_static(tmp_p
                 if n.op_type == "DequantizeLinear" and n.inputs[0].const_value is not None}
     assert dq_types["bias_bias_add_DequantizeLinear"] == dq_types["half_scale_DequantizeLinear"] == np.uint8
     assert compare_outputs(executor.run(model, samples[0]), executor.run(quantized, samples[0])).cosine > 0.995
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(ir.serde.serialize_model(quantized).SerializeToString(), options,
-                         providers=["CPUExecutionProvider"])
-    fused = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    fused = ort_fused_ops(quantized, tmp_path)
     # The data stays 8-bit from the input's Q to the last MatMul, which writes the float graph output.
     assert fused == Counter({"QuantizeLinear": 1, "QLinearMatMul": 1, "QLinearAdd": 1, "QLinearMul": 1,
                              "MatMulIntegerToFloat": 1}), fused
