@@ -51,7 +51,8 @@ class LayerTimes:
         return {"source": self.source, "fp32_s": dict(self.fp32), "int8_s": dict(self.int8)}
 
 
-def _session(payload: bytes, threads: int) -> ort.InferenceSession:
+def timing_session(model: bytes | str, threads: int) -> ort.InferenceSession:
+    """An ORT session (all optimizations, ``threads`` intra-op threads) for the timings of this module."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
@@ -60,7 +61,7 @@ def _session(payload: bytes, threads: int) -> ort.InferenceSession:
     # spinning after its run took the cores from the next one (ResNet-18 FP32 timed 29.9 ms
     # beside three INT8 sessions, 9.3 ms without spinning, 8.8-9.0 ms alone).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def time_session(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], budget: float = 0.15,
@@ -118,7 +119,7 @@ def paired_ratios(runs: list[list[float]]) -> list[float]:
 
 def _sessions(models: list[ir.Model | onnx.ModelProto], threads: int) -> list[ort.InferenceSession]:
     protos = [ir.serde.serialize_model(m) if isinstance(m, ir.Model) else m for m in models]
-    return [_session(p.SerializeToString(), threads) for p in protos]
+    return [timing_session(p.SerializeToString(), threads) for p in protos]
 
 
 def time_models(models: list[ir.Model | onnx.ModelProto], feeds: Mapping[str, np.ndarray], threads: int = 2,
@@ -139,7 +140,7 @@ def compare_models(models: list[ir.Model | onnx.ModelProto], feeds: Mapping[str,
 def time_model(model: ir.Model | onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: int = 2,
                budget: float = 0.15) -> float:
     proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
-    return time_session(_session(proto.SerializeToString(), threads), feeds, budget)
+    return time_session(timing_session(proto.SerializeToString(), threads), feeds, budget)
 
 
 def _micro_model(model: ir.Model, proto: onnx.ModelProto, layer: ir.Node, rules: RuleSet,

@@ -134,14 +134,13 @@ def apply_plan(model: ir.Model, plan: QdqPlan, activation_params: Callable[[str]
             continue
         dtype = other_dq.inputs[2].const_value.numpy().dtype if other_dq.inputs[2] is not None else np.dtype(np.uint8)
         array = constant.const_value.numpy().astype(np.float32)
+        # The range includes 0 so that zero stays exact, as for activations.
         params = activation_range_params(Range(min(float(array.min()), 0.0), max(float(array.max()), 0.0)),
                                          signed=np.issubdtype(dtype, np.signedinteger))
-        params = QuantParams(np.asarray(params.scale, np.float32), np.asarray(params.zero_point, params.dtype),
-                             params.dtype)
-        quantized = _initializer(graph, f"{constant.name}_{node_name}_quantized", quantize_array(array, params))
-        scale = _initializer(graph, f"{constant.name}_{node_name}_scale", params.scale)
-        zero = _initializer(graph, f"{constant.name}_{node_name}_zero_point", params.zero_point)
         prefix = f"{constant.name}_{node_name}"
+        quantized = _initializer(graph, f"{prefix}_quantized", quantize_array(array, params))
+        scale = _initializer(graph, f"{prefix}_scale", params.scale)
+        zero = _initializer(graph, f"{prefix}_zero_point", params.zero_point)
         dq = ir.Node("", "DequantizeLinear", [quantized, scale, zero], name=f"{prefix}_DequantizeLinear",
                      outputs=[ir.Value(name=f"{prefix}_dequantized", shape=constant.shape, type=constant.type)])
         new_nodes.append(dq)

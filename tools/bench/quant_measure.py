@@ -14,13 +14,11 @@ def top1(session: ort.InferenceSession, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(logits.argmax(-1) == y))
 
 
-def session(path: Path | str | bytes, threads: int = 2, spinning: bool = True) -> ort.InferenceSession:
+def session(path: Path | str | bytes, threads: int = 2) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    if not spinning:  # sessions timed round-robin: idle pools spinning would take the cores of the one running
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options,
                                 providers=["CPUExecutionProvider"])
 
@@ -33,9 +31,10 @@ def latency_ms(path: Path, feeds: dict[str, np.ndarray], budget: float = 2.0) ->
 
 def latencies(paths: list[Path], feeds: dict[str, np.ndarray], budget: float) -> list[float]:
     """Milliseconds per run of each model, timed round-robin (see ``time_interleaved``)."""
-    from edgeopt.passes.quant.gain import time_interleaved
+    from edgeopt.passes.quant.gain import time_interleaved, timing_session
 
-    sessions = [session(p, spinning=False) for p in paths]
+    # The pass's own timing sessions (no spin-waiting: they are timed round-robin).
+    sessions = [timing_session(str(p), 2) for p in paths]
     return [t * 1e3 for t in time_interleaved(sessions, [feeds] * len(sessions), budget=budget, min_runs=10)]
 
 
@@ -46,9 +45,9 @@ def latencies_and_ratios(paths: list[Path], feeds: dict[str, np.ndarray], budget
     The ratio compares runs of the same round (see ``paired_ratios``): on a loaded machine it separates
     models that differ by a few percent where the absolute times of two identical graphs differ by 20 %.
     """
-    from edgeopt.passes.quant.gain import interleaved_runs, paired_ratios
+    from edgeopt.passes.quant.gain import interleaved_runs, paired_ratios, timing_session
 
-    sessions = [session(p, spinning=False) for p in paths]
+    sessions = [timing_session(str(p), 2) for p in paths]
     runs = interleaved_runs(sessions, [feeds] * len(sessions), budget=budget, min_runs=10)
     return [float(np.percentile(r, 20)) * 1e3 for r in runs], paired_ratios(runs)
 
