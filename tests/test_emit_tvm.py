@@ -154,6 +154,17 @@ def test_cli_backend_tvm_on_host(paddle_resnet: Path, tmp_path: Path) -> None:
     assert report["validation"]["onnxruntime_latency_ms"] > 0
 
 
+def test_resnet50_downsample_convs_build_in_seconds(tmp_path: Path) -> None:
+    # Its 1x1 stride-2 convs on 2x2 maps are GEMV-shaped; DLight's CPU GEMV schedule for them
+    # stalled LLVM for over 11 minutes. The subprocess timeout turns a stall into a failure.
+    model = build("resnet50", tmp_path / "zoo", size="small")
+    result = run_edgeopt("compile", model, "--backend", "tvm", "--passes", "cleanup", "--no-measure",
+                         "-o", tmp_path / "out", env={"EDGEOPT_CACHE_DIR": str(tmp_path / "cache")}, timeout=180)
+    assert result.code == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["validation"]["max_abs"] <= 1e-4
+
+
 def test_cli_backend_auto_picks_the_faster_measured_backend(paddle_resnet: Path, tmp_path: Path) -> None:
     result = run_edgeopt("compile", paddle_resnet, "--backend", "auto", "-o", tmp_path / "out",
                          env={"EDGEOPT_CACHE_DIR": str(tmp_path / "cache")})
