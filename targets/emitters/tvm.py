@@ -37,6 +37,7 @@ from edgeopt.targets.emitters.common import (
     time_call,
 )
 
+LAYOUTS = ("nhwc", "nchw")
 CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-gcc", "arm": "arm-linux-gnueabihf-gcc"}
 
 
@@ -50,6 +51,8 @@ class TvmOptions:
     num_cores: int = option(0, help="cores the tuned code uses (0: this machine's, for host builds)")
     cross_compiler: str = option("", help="C compiler that links a cross build (default: <triple>-gcc)")
     dims: str = option("", help="sizes of symbolic dims in the build, e.g. sequence=128 (unnamed ones: 1)")
+    layout: str = option("nhwc", help="conv layout of CPU builds: nhwc (channels innermost, which MetaSchedule"
+                         " vectorizes) or nchw (the model's own)")
 
 
 @register_emitter("tvm")
@@ -65,6 +68,7 @@ class TvmEmitter(Emitter):
         self._payload: bytes | None = None
         self._quantized = False
         self._input_names: list[str] = []
+        self._layout = "nhwc"
 
     def unsupported_ops(self, model: ir.Model) -> list[str]:
         from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
@@ -82,6 +86,9 @@ class TvmEmitter(Emitter):
         import tvm
 
         opts: TvmOptions = self.options(options)
+        if opts.layout not in LAYOUTS:
+            raise UserError(f"backend 'tvm': layout '{opts.layout}': expected one of {', '.join(LAYOUTS)}")
+        self._layout = opts.layout
         spec = tvm_tuning.parse_target(opts.target, opts.host, opts.num_cores)
         notes: list[str] = []
         if spec["kind"] == "cuda" and shutil.which("nvcc") is None:
@@ -103,8 +110,9 @@ class TvmEmitter(Emitter):
         mod = _import(payload, shapes)
         self._prepared, self._payload, self._quantized = mod, payload, is_quantized(model)
 
-        work = tvm_tuning.cache_root() / tvm_tuning.target_slug(spec) / tvm_tuning.model_hash(payload, shapes)
-        prepared = _prepare(mod, target)
+        prepared = _prepare(mod, target, opts.layout)
+        work = (tvm_tuning.cache_root() / tvm_tuning.target_slug(spec)
+                / tvm_tuning.model_hash(payload, shapes, _preparation(target, opts.layout)))
         record = tvm_tuning.TuningRecord.load(work)
         if opts.trials > record.trials:
             if tvm_tuning.runs_here(spec):
@@ -145,7 +153,7 @@ class TvmEmitter(Emitter):
             # A cross or GPU build cannot run here: the same Relax module is built for this
             # CPU with default schedules and checked instead (the frontend and lowering are shared).
             host = tvm.target.Target(tvm_tuning.parse_target("llvm -mcpu=native"))
-            executable = _build(_prepare(self._prepared, host), host, None)
+            executable = _build(_prepare(self._prepared, host, self._layout), host, None)
             result.notes.append("validated a build of the same module for this CPU")
         vm = relax.VirtualMachine(executable, tvm.cpu())
         args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[name])) for name in self._input_names]
@@ -215,10 +223,21 @@ def _import(payload: bytes, shapes: dict[str, list[int]]) -> Any:
     return relax.transform.DecomposeOpsForInference()(mod)
 
 
-def _prepare(mod: Any, target: Any) -> Any:
+def _preparation(target: Any, layout: str) -> str:
+    """What the tuned TIR was prepared with: records made for another preparation never apply."""
+    return f"{tvm_tuning.PREPARATION}-{layout}" if target.kind.name == "llvm" else tvm_tuning.PREPARATION
+
+
+def _prepare(mod: Any, target: Any, layout: str = "nhwc") -> Any:
     """Legalized, fused TIR: what MetaSchedule tunes and what its records are applied to.
 
-    On CPUs the weight buffers are marked layout-free, so a tuned schedule may keep the weights
+    On CPUs convolutions are first converted to NHWC activations and OHWI weights (ConvertLayout
+    transposes at the model's edges and carries the layout through elementwise ops and pools):
+    with channels innermost a conv is a GEMM whose output channels MetaSchedule vectorizes with
+    contiguous loads. Measured here, a 512-channel 3x3 conv on a 7x7 map, 64 trials each: NCHW
+    3.77 ms, NHWC 1.11 ms (ONNX Runtime 0.57 ms).
+
+    The weight buffers are marked layout-free, so a tuned schedule may keep the weights
     in a packed layout its inner loops read contiguously (MetaSchedule's RewriteLayout); the
     packing is split out and folded into the constants after the records are applied
     (:func:`_build`). TVM's own CPU tuning pipeline does the same (``cpu_weight_prepack``).
@@ -228,6 +247,8 @@ def _prepare(mod: Any, target: Any) -> Any:
 
     passes = [*relax.pipeline.library_dispatch_passes(target), *relax.pipeline.legalize_passes(target)]
     if target.kind.name == "llvm":
+        if layout == "nhwc":
+            passes.insert(0, relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]}))
         passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
     with target:
         return tvm.transform.Sequential(passes)(mod)

@@ -95,9 +95,9 @@ def target_slug(spec: dict[str, Any]) -> str:
     return f"{label}-{hashlib.sha256(canonical.encode()).hexdigest()[:10]}"
 
 
-def model_hash(onnx_bytes: bytes, shapes: dict[str, list[int]]) -> str:
+def model_hash(onnx_bytes: bytes, shapes: dict[str, list[int]], preparation: str = PREPARATION) -> str:
     digest = hashlib.sha256(onnx_bytes)
-    digest.update(PREPARATION.encode())  # records made for another preparation never match: start afresh
+    digest.update(preparation.encode())  # records made for another preparation never match: start afresh
     digest.update(json.dumps(shapes, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
@@ -161,7 +161,6 @@ def tune(mod: Any, target: Any, folder: Path, trials: int, per_task: int,
         return 0, 0.0, 0
     folder.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
-    per_task = per_task or max(BATCH, trials // len(extracted))
     cores = max(1, len(os.sched_getaffinity(0)))
     database = ms.database.JSONDatabase(work_dir=str(folder))
     cost_model = ms.cost_model.XGBModel(num_tuning_cores=cores)
@@ -172,6 +171,8 @@ def tune(mod: Any, target: Any, folder: Path, trials: int, per_task: int,
     runner = ms.runner.LocalRunner(timeout_sec=120)
     flops = np.array([estimate_tir_flops(task.dispatched[0]) * task.weight for task in extracted])
     share = flops / max(flops.sum(), 1.0)
+    # The budget is shared by the tasks that get more than a first batch (not layout transposes).
+    per_task = per_task or max(BATCH, trials // max(1, int((share >= SMALL_SHARE).sum())))
     # Candidates measured per task, earlier runs' records included: a later run with a bigger
     # budget continues from them instead of sampling every task again.
     given = [_record_count(database, task) for task in extracted]
