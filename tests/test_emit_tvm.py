@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -214,6 +215,51 @@ def test_cpu_preparation_marks_weights_layout_free(paddle_resnet: Path) -> None:
     prepared = _prepare(mod, tvm.target.Target(tvm_tuning.parse_target("llvm -mcpu=native")))
     convs = [func for var, func in prepared.functions.items() if "conv2d" in var.name_hint]
     assert convs and all(func.attrs and "layout_free_buffers" in func.attrs for func in convs)
+
+
+def test_cpu_convs_are_scheduled_in_nhwc_unless_asked_for_nchw(paddle_resnet: Path, tmp_path: Path) -> None:
+    import tvm
+
+    from edgeopt.targets.emitters.tvm import _import, _prepare
+
+    mod = _import(onnx.load(str(paddle_resnet)).SerializeToString(), {"images": [1, 3, 32, 32]})
+    target = tvm.target.Target(tvm_tuning.parse_target("llvm -mcpu=native"))
+
+    def conv_buffers(layout: str) -> set[tuple[int, ...]]:
+        prepared = _prepare(mod, target, layout)
+        text = "".join(func.script() for var, func in prepared.functions.items() if "conv2d" in var.name_hint)
+        return {tuple(int(d) for d in re.findall(r"T\.int64\((\d+)\)", shape))
+                for shape in re.findall(r"T\.Buffer\(\(((?:T\.int64\(\d+\),? ?)+)\)", text)}
+
+    nhwc, nchw = conv_buffers("nhwc"), conv_buffers("nchw")
+    assert (1, 32, 32, 3) in nhwc and (1, 3, 32, 32) not in nhwc  # the stem's input, channels innermost
+    assert (1, 3, 32, 32) in nchw and (1, 32, 32, 3) not in nchw
+    # Both layouts validate, and their tuning records are kept apart.
+    folders = set()
+    for layout in ("nhwc", "nchw"):
+        result = emit_and_validate(paddle_resnet, tmp_path / layout, {"layout": layout})
+        assert result.validation["max_abs"] <= 1e-4
+        folders.add(json.loads((tmp_path / layout / "tvm_config.json").read_text())["tuning"]["database"])
+    assert len(folders) == 2
+    with pytest.raises(UserError, match="layout 'nchw16c': expected one of nhwc, nchw"):
+        get_emitter("tvm").emit(load_model(paddle_resnet), tmp_path / "bad", {"layout": "nchw16c"})
+
+
+def test_nhwc_mobilenet_keeps_relu6_in_layout(tmp_path: Path) -> None:
+    # Clip is a call_tir from the frontend; left so, ConvertLayout put two transposes around every ReLU6.
+    import tvm
+
+    from edgeopt.targets.emitters.tvm import _import, _prepare
+
+    path = build("mobilenet_v2", tmp_path / "zoo", size="small")
+    model = onnx.load(str(path))
+    shape = [1, *[d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]]
+    prepared = _prepare(_import(model.SerializeToString(), {model.graph.input[0].name: shape}),
+                        tvm.target.Target(tvm_tuning.parse_target("llvm -mcpu=native")))
+    transposes = [var.name_hint for var in prepared.functions if "transpose" in var.name_hint]
+    assert len(transposes) <= 2, transposes  # the model's input and its flattened output only
+    result = emit_and_validate(path, tmp_path / "out")
+    assert result.validation["max_abs"] <= 1e-4
 
 
 def two_matmul_model() -> onnx.ModelProto:
