@@ -15,6 +15,7 @@ from edgeopt.targets.calibration import SCHEMA, find_calibration, import_calibra
 from edgeopt.targets.calibration.fit import fit_composition, fit_factors, lines_for
 from edgeopt.targets.calibration.store import CalibrationError, calibration_path, host_fingerprint
 from edgeopt.targets.cost import CostModel
+from edgeopt.targets.cost.composition import CompositionTerms
 from edgeopt.targets.cost.features import KernelSample
 from edgeopt.targets.cost.roofline import factor_time
 from tests.conftest import make_conv_bn_model
@@ -48,14 +49,45 @@ def test_factor_fit_recovers_known_efficiencies() -> None:
     assert overhead == pytest.approx(2e-5, rel=0.1)
 
 
+def _row(isolated: float, kernels: int, measured: float, layout: float = 0.0, depthwise: float = 0.0,
+         stream: float = 0.0) -> tuple[CompositionTerms, float, float]:
+    return CompositionTerms(isolated, depthwise, kernels, stream), measured, layout
+
+
 def test_composition_fit_is_exact_on_linear_data() -> None:
-    rows = [(s, n, 1e-4 + 0.8 * s + 2e-6 * n + 1e-10 * b, b) for s, n, b in
+    rows = [_row(s, n, 1e-4 + 0.8 * s + 2e-6 * n + 1e-10 * b, b) for s, n, b in
             ((1e-3, 10, 1e6), (5e-3, 40, 0.0), (2e-2, 15, 8e6), (4e-2, 90, 3e6), (1e-2, 30, 2e7))]
     fitted = fit_composition(rows, 1e-4)
     assert fitted["layout_s_per_byte"] == pytest.approx(1e-10, rel=1e-3)
     assert fitted["scale"] == pytest.approx(0.8, rel=1e-3)
     assert fitted["run_overhead_s"] == pytest.approx(1e-4, rel=1e-2)
     assert fitted["per_kernel_s"] == pytest.approx(2e-6, rel=1e-2)
+    # No network had depthwise kernels or weights beyond its kernels' time: neutral terms.
+    assert fitted["depthwise_scale"] == fitted["scale"] and fitted["weight_stream"] == 0.0
+
+
+def test_composition_fit_recovers_depthwise_and_weight_stream_terms() -> None:
+    cases = ((1e-3, 10, 2e-4, 0.0), (5e-3, 40, 1e-3, 4e-4), (2e-2, 15, 0.0, 1e-3), (4e-2, 90, 5e-3, 0.0),
+             (1e-2, 30, 2e-3, 3e-3), (8e-3, 60, 4e-3, 1e-4))
+    rows = [_row(s, n, 1e-4 + 1.1 * s + 1e-6 * n + 1.6 * d + 2.0 * w, depthwise=d, stream=w) for s, n, d, w in cases]
+    fitted = fit_composition(rows, 1e-4)
+    assert fitted["scale"] == pytest.approx(1.1, rel=1e-3)
+    assert fitted["depthwise_scale"] == pytest.approx(1.6, rel=1e-3)
+    assert fitted["weight_stream"] == pytest.approx(2.0, rel=1e-3)
+
+
+def test_weight_stream_counts_only_what_the_kernel_time_does_not_hide() -> None:
+    from edgeopt.targets.cost.composition import kernel_in_model_s, weight_stream_s
+    from edgeopt.targets.cost.kernels import Kernel
+
+    gemv = Kernel(name="fc", kind="gemm", precision="fp32", weight_bytes=8_000_000)  # 8 MB at 16 GB/s: 0.5 ms
+    assert weight_stream_s(gemv, 1e-4, 16e9) == pytest.approx(4e-4)
+    assert weight_stream_s(gemv, 1e-3, 16e9) == 0.0  # a compute-bound kernel hides its weight reads
+    relu = Kernel(name="act", kind="elementwise", precision="fp32", weight_bytes=8_000_000)
+    assert weight_stream_s(relu, 1e-4, 16e9) == 0.0
+    composition = {"run_overhead_s": 0.0, "scale": 1.0, "per_kernel_s": 0.0, "depthwise_scale": 2.0,
+                   "weight_stream": 1.5}
+    assert kernel_in_model_s(gemv, 1e-4, composition, 16e9) == pytest.approx(1e-4 + 1.5 * 4e-4)
 
 
 def _foreign_file(tmp_path: Path, target_name: str = "jetson-orin-nx-16gb", backend: str = "tensorrt") -> Path:
@@ -183,12 +215,12 @@ def test_gpu_calibration_without_a_gpu_is_one_line(edgeopt_cli) -> None:
 
 def test_composition_fit_takes_a_bounded_dispatch_credit() -> None:
     # Networks of many tiny kernels run faster than their lone-kernel times add up to.
-    rows = [(s, n, 5e-5 + 1.0 * s - 3e-6 * n, 0.0) for s, n in
+    rows = [_row(s, n, 5e-5 + 1.0 * s - 3e-6 * n) for s, n in
             ((1e-3, 60), (4e-3, 80), (2e-2, 20), (5e-2, 40), (8e-3, 120))]
     fitted = fit_composition(rows, 5e-5)
     assert fitted["scale"] == pytest.approx(1.0, rel=1e-3)
     assert fitted["per_kernel_s"] == pytest.approx(-3e-6, rel=1e-2)
-    rows = [(s, n, 5e-5 + s - 50e-6 * n, 0.0) for s, n in ((1e-2, 60), (4e-2, 80), (2e-2, 20))]
+    rows = [_row(s, n, 5e-5 + s - 50e-6 * n) for s, n in ((1e-2, 60), (4e-2, 80), (2e-2, 20))]
     assert fit_composition(rows, 5e-5)["per_kernel_s"] >= -5e-6  # never an unbounded credit
 
 

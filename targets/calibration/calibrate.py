@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import time
 from collections.abc import Callable
@@ -36,8 +37,10 @@ from edgeopt.targets.calibration.networks import networks
 from edgeopt.targets.calibration.runners import Runner, make_runner
 from edgeopt.targets.calibration.store import Calibration, host_fingerprint
 from edgeopt.targets.catalog import Target
+from edgeopt.targets.cost.composition import CompositionTerms
 from edgeopt.targets.cost.features import KernelSample
 from edgeopt.targets.cost.kernels import RULES, Kernel, group_kernels, layout_boundary_bytes
+from edgeopt.targets.cost.roofline import effective_bandwidth
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -67,7 +70,7 @@ class Settings:
 
     @property
     def composition_count(self) -> int:
-        return 3 if self.quick else 12
+        return 3 if self.quick else 30  # about 10 s of timing here
 
 
 def _model_kernels(proto: onnx.ModelProto, backend: str) -> tuple[list[Kernel], int]:
@@ -180,9 +183,9 @@ class Calibrator:
         for i, (_name, proto, feeds) in enumerate(nets):
             kernels, layout_bytes = _model_kernels(proto, self.backend)
             kernel_samples = [KernelSample.of(k) for k in kernels]
-            isolated = sum(predictor.predict(kernel_samples, lines_for(kernel_samples, self.target)))
-            dispatching = sum(1 for k in kernels if k.kind != "free")
-            rows.append((isolated, dispatching, self.runner.time(proto, feeds), float(layout_bytes)))
+            isolated = predictor.predict(kernel_samples, lines_for(kernel_samples, self.target))
+            terms = CompositionTerms.of(kernels, isolated, effective_bandwidth(self.target))
+            rows.append((terms, self.runner.time(proto, feeds), float(layout_bytes)))
             self.progress("composition networks", i + 1, len(nets))
         composition = fit_composition(rows, self.overhead_s)
         wall = time.perf_counter() - began
@@ -194,7 +197,7 @@ class Calibrator:
             validation={"heldout": scores, "samples": len(self.samples), "failed": self.failed,
                         "run_overhead_measured_s": self.overhead_s, "quick": s.quick,
                         "statistic": s.statistic,
-                        "composition_rows": [list(r) for r in rows]},
+                        "composition_rows": [[*dataclasses.astuple(t), m, b] for t, m, b in rows]},
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), wall_s=wall,
             device=self.target.description)
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edgeopt.targets.catalog import Target
+from edgeopt.targets.cost.composition import CompositionTerms
 from edgeopt.targets.cost.features import KernelSample, feature_vector
 from edgeopt.targets.cost.roofline import (
     Roofline,
@@ -172,31 +173,44 @@ def choose_method(samples: Sequence[KernelSample], target: Target, device_kind: 
     return best, scores
 
 
-def fit_composition(rows: Sequence[tuple[float, int, float, float]], run_overhead_s: float) -> dict[str, float]:
-    """Model time = run overhead + scale x sum(kernel times) + dispatch x kernels + layout x bytes.
+def fit_composition(rows: Sequence[tuple[CompositionTerms, float, float]], run_overhead_s: float
+                    ) -> dict[str, float]:
+    """The composition terms (``edgeopt.targets.cost.composition``) fitted on whole networks.
 
-    ``rows`` are (sum of predicted isolated kernel seconds, dispatching kernels, measured
-    seconds, layout-conversion bytes) of whole synthetic networks. The run overhead is the
-    measured time of an empty model (fitting it too lets a few noisy networks push it to
-    milliseconds); the rest is fitted by bounded least squares on relative error so small
-    and large networks weigh alike. The dispatch term may go slightly negative: a lone
-    kernel timed again and again pays its dispatch with cold code paths that a model
-    running kernel after kernel keeps warm.
+    ``rows`` are (the network's kernels summed per term, its measured seconds, its layout-
+    conversion bytes). The run overhead is the measured time of an empty model (fitting it
+    too lets a few noisy networks push it to milliseconds); the rest is fitted by bounded
+    least squares on relative error so small and large networks weigh alike. The dispatch
+    term may go slightly negative: a lone kernel timed again and again pays its dispatch
+    with cold code paths that a model running kernel after kernel keeps warm. A term no
+    network exercises (no depthwise kernel, no weights beyond the kernel's time) keeps its
+    neutral value.
     """
     from scipy.optimize import lsq_linear
 
-    fallback = {"run_overhead_s": run_overhead_s, "scale": 1.0, "per_kernel_s": 0.0, "layout_s_per_byte": 0.0}
+    fallback = {"run_overhead_s": run_overhead_s, "scale": 1.0, "per_kernel_s": 0.0, "layout_s_per_byte": 0.0,
+                "depthwise_scale": 1.0, "weight_stream": 0.0}
     if len(rows) < 2:
         return fallback
-    a = np.array([[s, n, b] for s, n, _, b in rows], dtype=np.float64)
-    y = np.array([m - run_overhead_s for _, _, m, _ in rows])
-    w = 1.0 / np.array([m for _, _, m, _ in rows])
-    norm = np.maximum(np.abs(a).max(0), 1e-30)  # columns differ by 1e9 (seconds vs bytes)
-    lower = np.array([0.5, -MAX_DISPATCH_CREDIT_S, 0.0]) * norm
-    upper = np.array([2.0, 1e-3, 1e-8]) * norm  # 1e-8 s/B: a conversion at 100 MB/s, far below any DRAM
-    coef = lsq_linear(a * w[:, None] / norm, y * w, bounds=(lower, upper)).x
-    scale, per_kernel, per_byte = (float(c) for c in coef / norm)
+    a = np.array([[t.isolated_s, t.dispatching, b, t.depthwise_s, t.weight_stream_s] for t, _, b in rows],
+                 dtype=np.float64)
+    y = np.array([m - run_overhead_s for _, m, _ in rows])
+    w = 1.0 / np.array([m for _, m, _ in rows])
+    used = np.abs(a).max(0) > 0
+    norm = np.where(used, np.abs(a).max(0), 1.0)  # columns differ by 1e9 (seconds vs bytes)
+    # 1e-8 s/B: a conversion at 100 MB/s, far below any DRAM; weight streaming up to 4x slower
+    # than the target's bandwidth figure (one thread of a multi-core CPU reaches a fraction of it).
+    lower = np.array([0.5, -MAX_DISPATCH_CREDIT_S, 0.0, 0.5, 0.0])
+    upper = np.array([2.0, 1e-3, 1e-8, 3.0, 4.0])
+    columns = np.flatnonzero(used)
+    coef = np.array([1.0, 0.0, 0.0, 1.0, 0.0])
+    solved = lsq_linear((a * w[:, None] / norm)[:, columns], y * w,
+                        bounds=(lower[columns] * norm[columns], upper[columns] * norm[columns])).x
+    coef[columns] = solved / norm[columns]
+    scale, per_kernel, per_byte, depthwise, stream = (float(c) for c in coef)
     if not math.isfinite(scale) or scale <= 0.05:
         return fallback
+    if not used[3]:
+        depthwise = scale
     return {"run_overhead_s": run_overhead_s, "scale": scale, "per_kernel_s": per_kernel,
-            "layout_s_per_byte": per_byte}
+            "layout_s_per_byte": per_byte, "depthwise_scale": depthwise, "weight_stream": stream}

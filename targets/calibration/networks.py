@@ -45,23 +45,23 @@ def _squeeze_excite(b: _Builder, x: str, c: int, gate: str) -> str:
 
 def cnn(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     b = _Builder("fp32", int(rng.integers(1 << 30)))
-    res = int(rng.choice([96, 128, 160, 224]))
-    width = int(rng.choice([16, 24, 32, 48]))
+    res = int(rng.choice([128, 160, 224]))
+    width = int(rng.choice([16, 24, 32, 48, 64]))
     x = b.input((1, 3, res, res))
     y = _conv(b, x, 3, width, 3, 2)
     c = width
-    for stage in range(int(rng.integers(2, 5))):
-        cout = c * 2 if stage else c
+    for stage in range(int(rng.integers(3, 6))):
+        cout = min(c * 2, 512) if stage else c  # ResNet/MobileNet-sized, not larger
         style = str(rng.choice(["plain", "residual", "inverted"]))
         y = _conv(b, y, c, cout, 3, 2 if stage else 1)
         c = cout
-        for _ in range(int(rng.integers(1, 3))):
+        for _ in range(int(rng.integers(1, 4))):
             if style == "residual":
                 z = _conv(b, y, c, c, 3, 1)
                 z = _conv(b, z, c, c, 3, 1, act=None)
                 y = b.node("Relu", [b.node("Add", [y, z])])
             elif style == "inverted":
-                e = c * int(rng.choice([2, 4]))
+                e = min(c * int(rng.choice([2, 4, 6])), 1536)
                 z = _conv(b, y, c, e, 1, 1, act="Clip")
                 z = _conv(b, z, e, e, 3, 1, groups=e, act=str(rng.choice(["Clip", "SiLU", "HardSwish"])))
                 if rng.random() < 0.5:
@@ -74,15 +74,16 @@ def cnn(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray
         y = b.node("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     y = b.node("GlobalAveragePool", [y])
     y = b.node("Flatten", [y])
-    y = b.node("Gemm", [y, b.const(rng.standard_normal((100, c)).astype(np.float32) * 0.05),
-                        b.const(np.zeros(100, np.float32))], transB=1)
+    classes = int(rng.choice([100, 1000]))
+    y = b.node("Gemm", [y, b.const(rng.standard_normal((classes, c)).astype(np.float32) * 0.05),
+                        b.const(np.zeros(classes, np.float32))], transB=1)
     return b.model([y]), b.feeds
 
 
 def mlp(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     b = _Builder("fp32", int(rng.integers(1 << 30)))
     s = int(rng.choice([16, 64, 128, 197]))
-    d = int(rng.choice([128, 192, 256]))
+    d = int(rng.choice([128, 192, 256, 384, 512]))
     heads = d // 64
     x = b.input((1, s, d))
     for _ in range(int(rng.integers(1, 4))):

@@ -42,7 +42,8 @@ class KernelSample:
                    str(data.get("label", "")))
 
 
-_ATTRS = ("out_elems", "k", "stride", "cin", "cout", "hw", "m", "n", "in_elems", "last", "transcendental")
+_ATTRS = ("out_elems", "k", "stride", "cin", "cout", "hw", "m", "n", "in_elems", "last", "transcendental", "gates",
+          "directions")
 
 
 def feature_vector(sample: KernelSample, compute_s: float, memory_s: float) -> np.ndarray:

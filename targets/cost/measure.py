@@ -28,6 +28,7 @@ _TRANSCENDENTAL = {"Sigmoid", "Tanh", "Exp", "Log", "Erf", "Gelu", "Softplus", "
                    "Softmax", "LogSoftmax"}
 _ACT_SIZE = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 4}  # int4 is weight-only: activations stay float
 _WEIGHT_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 def _graph_precision(kernel: Kernel) -> str:
@@ -122,8 +123,11 @@ def _features(anchor: ir.Node, kernel: Kernel, shapes: Mapping[str, tuple[int, .
             attrs.update(m=float(q[-2]), k=float(q[-1]), n=float(scores[-1]), in_elems=float(_numel(q)))
     elif kernel.kind == "recurrent" and len(inp) == 3 and out:
         # X [seq, batch, input] -> Y [seq, directions, batch, hidden]: a GEMM chain over time steps.
+        # Directions run one after the other and each step's hidden-state GEMV re-reads the
+        # recurrent weights; GRU's 3 gates and LSTM's 4 differ in work per step.
         attrs.update(m=float(inp[0] * inp[1]), k=float(inp[2]), n=float(out[-1]), in_elems=float(_numel(inp)),
-                     last=float(inp[-1]))
+                     last=float(inp[-1]), gates=float(_GATES.get(anchor.op_type, 1)),
+                     directions=float(out[1] if len(out) == 4 else 1))
     elif kernel.kind == "gemm" and out:
         a_dims = inp or (1,)
         reduce = a_dims[-1] if anchor.op_type != "Gemm" or not anchor.attributes.get_int("transA", 0) else a_dims[0]

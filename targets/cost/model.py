@@ -21,6 +21,7 @@ from edgeopt.ir.costs import concrete_shapes
 from edgeopt.ir.errors import UserError
 from edgeopt.ir.shapes import infer_shapes
 from edgeopt.targets.catalog import Target
+from edgeopt.targets.cost.composition import kernel_in_model_s
 from edgeopt.targets.cost.features import KernelSample
 from edgeopt.targets.cost.kernels import PRECISIONS, Kernel, group_kernels, layout_boundary_bytes
 from edgeopt.targets.cost.memory import peak_activation_bytes, weight_bytes
@@ -154,16 +155,15 @@ class CostModel:
         shapes = self.shapes(model)
         kernels = self.kernels(model, precision, shapes)
         timed = self.kernel_seconds(kernels)
+        bandwidth = effective_bandwidth(self.target)
         if self.calibration is not None:
             comp = self.calibration.composition
-            run, scale, per_kernel = comp["run_overhead_s"], comp["scale"], comp["per_kernel_s"]
-            per_byte = comp.get("layout_s_per_byte", 0.0)
-        else:
-            run, scale, per_kernel = DEFAULT_RUN_OVERHEAD_S[self.device_kind], 1.0, 0.0
-            per_byte = 2.0 / effective_bandwidth(self.target)  # read + write at DRAM speed
-        run += per_byte * layout_boundary_bytes(kernels, shapes, self.backend)
-        # A fitted dispatch credit (negative per_kernel) never takes a kernel below a quarter of its time.
-        items = [KernelEstimate(k, line, max(scale * t + (per_kernel if k.kind != "free" else 0.0), 0.25 * scale * t))
+        else:  # uncalibrated: isolated times add up as they are
+            comp = {"run_overhead_s": DEFAULT_RUN_OVERHEAD_S[self.device_kind], "scale": 1.0, "per_kernel_s": 0.0,
+                    "layout_s_per_byte": 2.0 / bandwidth}  # read + write at DRAM speed
+        run = comp["run_overhead_s"] + comp.get("layout_s_per_byte", 0.0) * layout_boundary_bytes(
+            kernels, shapes, self.backend)
+        items = [KernelEstimate(k, line, kernel_in_model_s(k, t, comp, bandwidth))
                  for k, (line, t) in zip(kernels, timed, strict=True)]
         return Estimate(self.target.name, self.backend, items, run,
                         peak_activation_bytes(model, shapes, kernels), weight_bytes(model, kernels),
