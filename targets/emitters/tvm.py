@@ -2,7 +2,8 @@
 
 Steps: edgeopt's ``cleanup`` first (TVM 0.27's ONNX frontend rejects Reshape targets computed
 at run time; folded, they import), ``tvm.relax.frontend.onnx.from_onnx`` with symbolic dims
-bound (batch 1), the CPU/GPU legalization and fusion TVM's pipeline does, then the schedules:
+bound (batch 1), on CPUs the convs converted to NHWC (``layout`` option), the CPU/GPU
+legalization and fusion TVM's pipeline does, then the schedules:
 MetaSchedule records from the tuning database for this target and model (tuning more when the
 budget asks and the code runs here), DLight's default rules for what has no record, and
 ``tvm.compile``. The library is exported as ``model.so`` (a cross compiler links aarch64
