@@ -139,6 +139,16 @@ def silu_concat_model() -> ir.Model:
     return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
 
+def quantize_minmax_uint8(model: ir.Model, plan) -> tuple[ir.Model, ReferenceExecutor, list]:
+    """A copy of ``model`` with ``plan`` applied: uint8 asymmetric activations from min/max over 8 generated inputs."""
+    executor = ReferenceExecutor()
+    samples = [executor.generate_inputs(model, seed=i) for i in range(8)]
+    stats = collect_statistics(model, set(plan.activations.values()), samples)
+    quantized = model.clone()
+    apply_plan(quantized, plan, lambda name: activation_params(stats.range(name, "minmax"), 8, False, False))
+    return quantized, executor, samples
+
+
 def test_onnxruntime_rules_place_qdq_where_quantize_static_does(tmp_path: Path) -> None:
     """SiLU, Concat and GlobalAveragePool are INT8 layers under the ORT rules, and ORT fuses each into a QLinear op."""
     model = silu_concat_model()
@@ -151,11 +161,7 @@ def test_onnxruntime_rules_place_qdq_where_quantize_static_does(tmp_path: Path) 
     assert plan.activations == {"x": "x", "c1": "c1", "s": "s", "m": "m", "c2": "c2", "cat": "cat", "g": "g",
                                 "f": "g"}
     assert sorted(w.node for w in plan.weights) == ["conv1", "conv2", "matmul"]
-    executor = ReferenceExecutor()
-    samples = [executor.generate_inputs(model, seed=i) for i in range(8)]
-    stats = collect_statistics(model, set(plan.activations.values()), samples)
-    quantized = model.clone()
-    apply_plan(quantized, plan, lambda name: activation_params(stats.range(name, "minmax"), 8, False, False))
+    quantized, executor, samples = quantize_minmax_uint8(model, plan)
     assert compare_outputs(executor.run(model, samples[0]), executor.run(quantized, samples[0])).cosine > 0.995
     fused = ort_fused_ops(quantized, tmp_path)
     for op in ("QLinearConv", "QLinearSigmoid", "QLinearMul", "QLinearConcat", "QLinearGlobalAveragePool"):
@@ -188,11 +194,7 @@ def test_onnxruntime_rules_quantize_constant_operands_like_quantize_static(tmp_p
     assert [n.name for n in candidate_layers(model, RULE_SETS["tensorrt"])] == ["matmul", "matmul2"]
     plan = plan_qdq(model, rules, layers)
     assert sorted(plan.constants) == [("bias_add", 0), ("scale", 1)]
-    executor = ReferenceExecutor()
-    samples = [executor.generate_inputs(model, seed=i) for i in range(8)]
-    stats = collect_statistics(model, set(plan.activations.values()), samples)
-    quantized = model.clone()
-    apply_plan(quantized, plan, lambda name: activation_params(stats.range(name, "minmax"), 8, False, False))
+    quantized, executor, samples = quantize_minmax_uint8(model, plan)
     dq_types = {n.name: n.inputs[0].const_value.numpy().dtype for n in quantized.graph
                 if n.op_type == "DequantizeLinear" and n.inputs[0].const_value is not None}
     assert dq_types["bias_bias_add_DequantizeLinear"] == dq_types["half_scale_DequantizeLinear"] == np.uint8

@@ -180,11 +180,12 @@ class Calibrator:
 
         rows = []
         nets = networks(s.composition_count, s.seed)
+        bandwidth = effective_bandwidth(self.target)
         for i, (_name, proto, feeds) in enumerate(nets):
             kernels, layout_bytes = _model_kernels(proto, self.backend)
             kernel_samples = [KernelSample.of(k) for k in kernels]
             isolated = predictor.predict(kernel_samples, lines_for(kernel_samples, self.target))
-            terms = CompositionTerms.of(kernels, isolated, effective_bandwidth(self.target))
+            terms = CompositionTerms.of(kernels, isolated, bandwidth)
             rows.append((terms, self.runner.time(proto, feeds), float(layout_bytes)))
             self.progress("composition networks", i + 1, len(nets))
         composition = fit_composition(rows, self.overhead_s)

@@ -188,8 +188,9 @@ def fit_composition(rows: Sequence[tuple[CompositionTerms, float, float]], run_o
     """
     from scipy.optimize import lsq_linear
 
-    fallback = {"run_overhead_s": run_overhead_s, "scale": 1.0, "per_kernel_s": 0.0, "layout_s_per_byte": 0.0,
-                "depthwise_scale": 1.0, "weight_stream": 0.0}
+    names = ("scale", "per_kernel_s", "layout_s_per_byte", "depthwise_scale", "weight_stream")
+    neutral = np.array([1.0, 0.0, 0.0, 1.0, 0.0])
+    fallback = {"run_overhead_s": run_overhead_s, **dict(zip(names, neutral.tolist(), strict=True))}
     if len(rows) < 2:
         return fallback
     a = np.array([[t.isolated_s, t.dispatching, b, t.depthwise_s, t.weight_stream_s] for t, _, b in rows],
@@ -203,14 +204,12 @@ def fit_composition(rows: Sequence[tuple[CompositionTerms, float, float]], run_o
     lower = np.array([0.5, -MAX_DISPATCH_CREDIT_S, 0.0, 0.5, 0.0])
     upper = np.array([2.0, 1e-3, 1e-8, 3.0, 4.0])
     columns = np.flatnonzero(used)
-    coef = np.array([1.0, 0.0, 0.0, 1.0, 0.0])
+    coef = neutral.copy()
     solved = lsq_linear((a * w[:, None] / norm)[:, columns], y * w,
                         bounds=(lower[columns] * norm[columns], upper[columns] * norm[columns])).x
     coef[columns] = solved / norm[columns]
-    scale, per_kernel, per_byte, depthwise, stream = (float(c) for c in coef)
-    if not math.isfinite(scale) or scale <= 0.05:
+    if not math.isfinite(coef[0]) or coef[0] <= 0.05:
         return fallback
     if not used[3]:
-        depthwise = scale
-    return {"run_overhead_s": run_overhead_s, "scale": scale, "per_kernel_s": per_kernel,
-            "layout_s_per_byte": per_byte, "depthwise_scale": depthwise, "weight_stream": stream}
+        coef[3] = coef[0]  # no depthwise kernel in any network: they compose like the rest
+    return {"run_overhead_s": run_overhead_s, **dict(zip(names, (float(c) for c in coef), strict=True))}

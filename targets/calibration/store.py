@@ -188,9 +188,8 @@ def parse_calibration(data: Any, where: Path) -> Calibration:
     clock = data.get("clock", "wall")
     if clock not in ("wall", "cpu"):
         raise CalibrationError(f"{where}: unknown clock '{clock}' (expected wall or cpu)")
-    for key in ("run_overhead_s", "scale", "per_kernel_s", "depthwise_scale", "weight_stream"):
-        if key in ("depthwise_scale", "weight_stream") and key not in composition:
-            continue  # optional: older files have neither
+    optional = [key for key in ("depthwise_scale", "weight_stream") if key in composition]  # older files lack them
+    for key in ("run_overhead_s", "scale", "per_kernel_s", *optional):
         value = composition.get(key)
         # per_kernel_s may be slightly negative (fit.fit_composition); the others may not.
         if not isinstance(value, (int, float)) or value < (-1e-4 if key == "per_kernel_s" else 0):

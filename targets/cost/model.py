@@ -161,7 +161,7 @@ class CostModel:
         else:  # uncalibrated: isolated times add up as they are
             comp = {"run_overhead_s": DEFAULT_RUN_OVERHEAD_S[self.device_kind], "scale": 1.0, "per_kernel_s": 0.0,
                     "layout_s_per_byte": 2.0 / bandwidth}  # read + write at DRAM speed
-        run = comp["run_overhead_s"] + comp.get("layout_s_per_byte", 0.0) * layout_boundary_bytes(
+        run = comp["run_overhead_s"] + comp["layout_s_per_byte"] * layout_boundary_bytes(
             kernels, shapes, self.backend)
         items = [KernelEstimate(k, line, kernel_in_model_s(k, t, comp, bandwidth))
                  for k, (line, t) in zip(kernels, timed, strict=True)]
