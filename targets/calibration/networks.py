@@ -72,8 +72,20 @@ def cnn(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray
                 y = _conv(b, y, c, c, int(rng.choice([1, 3])), 1)
     if rng.random() < 0.5:
         y = b.node("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    # Heads as edge classifiers end: a wide 1x1 conv before the pool (MobileNetV2, EfficientNet) or
+    # a pooled two-layer head (MobileNetV3). Their batch-1 GEMVs stream megabytes of weights for
+    # few FLOPs, which the composition's vector-stream term is fitted on.
+    head = str(rng.choice(["plain", "conv", "mlp"]))
+    if head == "conv":
+        wide = int(rng.choice([1024, 1280]))
+        y, c = _conv(b, y, c, wide, 1, 1, act=str(rng.choice(["Clip", "SiLU"]))), wide
     y = b.node("GlobalAveragePool", [y])
     y = b.node("Flatten", [y])
+    if head == "mlp":
+        wide = int(rng.choice([1024, 1280]))
+        y = b.node("HardSwish", [b.node("Gemm", [y, b.const(rng.standard_normal((wide, c)).astype(np.float32) * 0.05),
+                                                 b.const(np.zeros(wide, np.float32))], transB=1)])
+        c = wide
     classes = int(rng.choice([100, 1000]))
     y = b.node("Gemm", [y, b.const(rng.standard_normal((classes, c)).astype(np.float32) * 0.05),
                         b.const(np.zeros(classes, np.float32))], transB=1)

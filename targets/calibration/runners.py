@@ -20,7 +20,7 @@ import bisect
 import json
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,10 @@ class Runner:
 
     def time(self, model: onnx.ModelProto | Path, feeds: Mapping[str, np.ndarray]) -> float:
         """Median (or p25) seconds of one run after warm-up, repeated within the time budget."""
-        run = self.prepare(model)
+        return self.measure(self.prepare(model), feeds)
+
+    def measure(self, run: Callable[[dict[str, np.ndarray]], object], feeds: Mapping[str, np.ndarray]) -> float:
+        """:meth:`time` for a model :meth:`prepare` already loaded (timed again without reloading)."""
         feeds = dict(feeds)
         warm_until = time.perf_counter() + min(0.05, self.budget_s / 4)
         run(feeds)

@@ -86,7 +86,7 @@ class Calibration:
         return path
 
 
-FIT_VERSION = 3  # bump when features.py / fit.py change what a fitted predictor computes
+FIT_VERSION = 4  # bump when features.py / fit.py change what a fitted predictor computes
 
 
 def _predictor(calibration: Calibration, target: Target):
@@ -188,7 +188,9 @@ def parse_calibration(data: Any, where: Path) -> Calibration:
     clock = data.get("clock", "wall")
     if clock not in ("wall", "cpu"):
         raise CalibrationError(f"{where}: unknown clock '{clock}' (expected wall or cpu)")
-    optional = [key for key in ("depthwise_scale", "weight_stream") if key in composition]  # older files lack them
+    # older files lack these
+    optional = [key for key in ("depthwise_scale", "gemm_scale", "weight_stream", "vector_stream")
+                if key in composition]
     for key in ("run_overhead_s", "scale", "per_kernel_s", *optional):
         value = composition.get(key)
         # per_kernel_s may be slightly negative (fit.fit_composition); the others may not.
@@ -210,8 +212,10 @@ def parse_calibration(data: Any, where: Path) -> Calibration:
         factors={k: [float(x) for x in v] for k, v in factors.items()},
         composition={**{k: float(composition.get(k, 0.0)) for k in
                         ("run_overhead_s", "scale", "per_kernel_s", "layout_s_per_byte", "weight_stream")},
-                     # files from before the depthwise term: depthwise kernels compose like the rest
-                     "depthwise_scale": float(composition.get("depthwise_scale", composition["scale"]))},
+                     # files from before the depthwise and GEMM terms: those kernels compose like the rest
+                     **{key: float(composition.get(key, composition["scale"]))
+                        for key in ("depthwise_scale", "gemm_scale")},
+                     "vector_stream": float(composition.get("vector_stream", composition.get("weight_stream", 0.0)))},
         samples=samples, device_kind=str(data.get("device_kind", "cpu")), threads=data.get("threads"),
         clock=str(clock), runtime=dict(data.get("runtime") or {}), validation=dict(data.get("validation") or {}),
         created=str(data.get("created", "")), wall_s=float(data.get("wall_s") or 0.0),

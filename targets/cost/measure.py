@@ -65,14 +65,18 @@ def measure_kernel(kernel: Kernel, shapes: Mapping[str, tuple[int, ...]], consta
                 continue
             seen.add(id(value))
             if _is_const(value, constants):
+                # A constant the backend folds when it loads the model (no const_value here: torch's
+                # LSTM export reorders the gates with Slice/Concat of the initializers) is read like one.
                 if value.const_value is not None:
-                    elements = _numel(tuple(value.const_value.shape.numpy()))
-                    # Biases stay 32-bit (int32 in QLinearConv); only the weight tensor shrinks.
-                    weight = node.op_type in _CONV | _GEMM | _RECURRENT and index < 2 and elements > 1
-                    if override and weight and kernel.kind in ("conv", "depthwise", "gemm", "recurrent"):
-                        kernel.weight_bytes += math.ceil(elements * _WEIGHT_BITS[kernel.precision] / 8)
-                    else:
-                        kernel.weight_bytes += value.const_value.nbytes
+                    elements, nbytes = _numel(tuple(value.const_value.shape.numpy())), value.const_value.nbytes
+                else:
+                    elements, nbytes = _numel(shapes.get(value.name or "")), _value_bytes(value, shapes, None)
+                # Biases stay 32-bit (int32 in QLinearConv); only the weight tensor shrinks.
+                weight = node.op_type in _CONV | _GEMM | _RECURRENT and index < 2 and elements > 1
+                if override and weight and kernel.kind in ("conv", "depthwise", "gemm", "recurrent"):
+                    kernel.weight_bytes += math.ceil(elements * _WEIGHT_BITS[kernel.precision] / 8)
+                else:
+                    kernel.weight_bytes += nbytes
                 continue
             kernel.activation_bytes += _value_bytes(value, shapes, act if override else None)
     for node in kernel.nodes:

@@ -13,7 +13,9 @@
 Measurement uses the runner calibration uses: the product's session options (ORT_ENABLE_ALL /
 OpenVINO LATENCY hint) and a fixed thread count (2). ``--clock cpu`` times one-thread CPU time
 instead of wall time, for both calibration and measurement: on a machine other jobs share, a
-whole model's wall time swings with their load while its CPU time does not (runners.py).
+whole model's wall time swings with their load while its CPU time does not (runners.py). Each
+model is timed in ``--rounds`` interleaved rounds (every model once per round) and its median
+kept, so a minute of heavier load on the shared caches does not land on one model alone.
 """
 
 from __future__ import annotations
@@ -119,16 +121,31 @@ def models(folder: Path, only: set[str] | None) -> tuple[list, list]:
     return zoo, variants
 
 
-def evaluate(cost: CostModel, runner, entries: list, group: str) -> list[dict]:
-    rows = []
-    for name, path, feeds in entries:
-        model = load_model(path)
+def evaluate(cost: CostModel, runner, entries: list, group: str, rounds: int = 3) -> list[dict]:
+    """Predict each model, then time them all in ``rounds`` interleaved rounds and keep each one's median.
+
+    Timing every model once per round, instead of each model in one go, spreads each model's
+    measurement over the whole run: on this shared machine memory-bound models re-time 10-30 %
+    apart a minute later (other tenants' load on the L3 and DRAM), and one window per model
+    put that swing straight into its error.
+    """
+    models = [load_model(path) for _, path, _ in entries]
+    estimates = []
+    for model, (_, _, feeds) in zip(models, entries, strict=True):
         cost.bindings = _bindings(model, feeds)
-        estimate = cost.estimate(model)
-        measured = runner.time(path, feeds)
-        predicted = estimate.latency_s
+        estimates.append(cost.estimate(model))
+    runs = [runner.prepare(path) for _, path, _ in entries]
+    times: list[list[float]] = [[] for _ in entries]
+    for round_ in range(rounds):
+        for i, (run, (_, _, feeds)) in enumerate(zip(runs, entries, strict=True)):
+            times[i].append(runner.measure(run, feeds))
+        print(f"  {group}: timing round {round_ + 1}/{rounds} done", flush=True)
+    rows = []
+    for (name, _, _), estimate, measured_runs in zip(entries, estimates, times, strict=True):
+        predicted, measured = estimate.latency_s, float(np.median(measured_runs))
         rows.append({"group": group, "model": name, "gflops": estimate.flops / 1e9, "kernels": len(estimate.kernels),
                      "predicted_ms": predicted * 1e3, "measured_ms": measured * 1e3,
+                     "measured_rounds_ms": [t * 1e3 for t in measured_runs],
                      "error_pct": (predicted / measured - 1) * 100})
         print(f"  {group:<8} {name:<22} predicted {predicted * 1e3:9.2f} ms  measured {measured * 1e3:9.2f} ms  "
               f"error {(predicted / measured - 1) * 100:+6.1f}%", flush=True)
@@ -148,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                    help="wall time, or one-thread CPU time (steady under other jobs' load; forces 1 thread)")
     p.add_argument("--quick", action="store_true", help="quick calibration (a smoke test of this script)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved timing rounds per model (each model's median is reported)")
     p.add_argument("--models", type=Path, default=Path("/tmp/edgeopt-costmodel-models"))
     p.add_argument("--only", default="", help="comma-separated zoo models (default: all)")
     p.add_argument("--json", type=Path)
@@ -163,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calibrated in {time.perf_counter() - began:.1f} s -> {calibration.path}", flush=True)
     zoo, variants = models(a.models, {s for s in a.only.split(",") if s} or None)
     cost = CostModel(target, a.backend, calibration)
-    runner = make_runner(a.backend, "cpu", a.threads, budget_s=2.0, statistic=a.statistic, clock=a.clock)
-    rows = evaluate(cost, runner, zoo, "zoo") + evaluate(cost, runner, variants, "variant")
+    runner = make_runner(a.backend, "cpu", a.threads, budget_s=2.0 / a.rounds, statistic=a.statistic,
+                         clock=a.clock)
+    rows = evaluate(cost, runner, zoo, "zoo", a.rounds) + evaluate(cost, runner, variants, "variant", a.rounds)
     held = [r for r in rows if r["group"] == "zoo"]
     within = float(np.mean([abs(r["error_pct"]) <= 10 for r in held])) if held else 0.0
     var = [r for r in rows if r["group"] == "variant"]
@@ -179,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                         "calibration_s": calibration.wall_s <= BARS["calibration_s"]}}
     lines = [f"### Cost model on host-cpu / {a.backend} (calibration: {calibration.method}, "
              f"{len(calibration.samples)} kernels, {calibration.wall_s:.0f} s; clock {a.clock}, "
-             f"{runner.threads} thread(s), {a.statistic})", "",
+             f"{runner.threads} thread(s), {a.statistic}, median of {a.rounds} interleaved rounds)", "",
              "| group | model | GFLOPs | kernels | predicted ms | measured ms | error |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['group']} | {r['model']} | {r['gflops']:.2f} | {r['kernels']} | {r['predicted_ms']:.2f} | "
