@@ -75,7 +75,7 @@ class Settings:
 
     @property
     def composition_count(self) -> int:
-        return 3 if self.quick else 45  # about 15 s of timing here; 6 composition terms to fit
+        return 3 if self.quick else 45  # about 30 s of timing here (3 rounds); up to 7 terms to fit
 
 
 def _model_kernels(proto: onnx.ModelProto, backend: str) -> tuple[list[Kernel], int]:
@@ -200,7 +200,6 @@ class Calibrator:
                         "composition_rows": [[*dataclasses.astuple(t), m, b] for t, m, b in rows]},
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), wall_s=wall,
             device=self.target.description)
-
 
     def _network_rows(self, predictor: Predictor) -> list[tuple[CompositionTerms, float, float]]:
         """Per composition network: its kernels' isolated times summed per term, measured seconds, layout bytes.
