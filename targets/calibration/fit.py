@@ -234,11 +234,11 @@ def fit_composition(rows: Sequence[tuple[CompositionTerms, float, float]], run_o
 
     Beyond the shared scale and the dispatch term, terms join by forward selection on the
     networks' leave-one-out error, each only if it cuts that error by ``MIN_GAIN`` (the layout
-    term is not offered, see ``_CANDIDATES``): with all
-    seven fitted at once, networks timed on a shared machine traded the layout and depthwise
-    terms against each other (the depthwise scale came out 0.5 in one calibration and 2.4 in
-    the next, the layout term 1e-18 or 7e-11 s/B), and an EfficientNet-B0 swung from -3 % to
-    +52 %. A term no network exercises keeps its neutral (or parent's) value.
+    term is not offered, see ``_CANDIDATES``): with all seven fitted at once, networks timed on
+    a shared machine traded the layout and depthwise terms against each other (the depthwise
+    scale came out 0.5 in one calibration and 2.4 in the next, the layout term 1e-18 or 7e-11
+    s/B), and an EfficientNet-B0 swung from -3 % to +52 %. A term no network exercises keeps
+    its neutral (or parent's) value.
     """
     fallback = {"run_overhead_s": run_overhead_s, **dict(zip(COMPOSITION_TERMS, _NEUTRAL.tolist(), strict=True))}
     if len(rows) < 2:
@@ -246,19 +246,26 @@ def fit_composition(rows: Sequence[tuple[CompositionTerms, float, float]], run_o
     a = np.array([[t.isolated_s, t.dispatching, b, t.depthwise_s, t.weight_stream_s, t.gemm_s, t.vector_stream_s]
                   for t, _, b in rows], dtype=np.float64)
     measured = np.array([m for _, m, _ in rows])
-    chosen = set(_ALWAYS)
-    best = _loo_error(a, measured, run_overhead_s, chosen) if len(rows) > 2 else 0.0
-    while len(rows) > 2:
-        scored = [(_loo_error(a, measured, run_overhead_s, chosen | {c}), c) for c in _CANDIDATES
-                  if c not in chosen and np.abs(a[:, c]).max() > 0]
-        if not scored or min(scored)[0] > best - MIN_GAIN:
-            break
-        best, term = min(scored)
-        chosen.add(term)
+    chosen = _select_terms(a, measured, run_overhead_s)
     coef = _solve(a, measured, run_overhead_s, chosen)
     if not math.isfinite(coef[0]) or coef[0] <= 0.05:
         return fallback
     return {"run_overhead_s": run_overhead_s, **dict(zip(COMPOSITION_TERMS, (float(c) for c in coef), strict=True))}
+
+
+def _select_terms(a: np.ndarray, measured: np.ndarray, run_overhead_s: float) -> set[int]:
+    """Forward selection: add the candidate that cuts the leave-one-out error most, while it cuts ``MIN_GAIN``."""
+    chosen = set(_ALWAYS)
+    if len(a) < 3:  # two networks leave one to fit on: the shared scale and dispatch only
+        return chosen
+    best = _loo_error(a, measured, run_overhead_s, chosen)
+    while True:
+        scored = [(_loo_error(a, measured, run_overhead_s, chosen | {c}), c) for c in _CANDIDATES
+                  if c not in chosen and np.abs(a[:, c]).max() > 0]
+        if not scored or min(scored)[0] > best - MIN_GAIN:
+            return chosen
+        best, term = min(scored)
+        chosen.add(term)
 
 
 def _solve(a: np.ndarray, measured: np.ndarray, run_overhead_s: float, chosen: set[int]) -> np.ndarray:
