@@ -162,7 +162,9 @@ def calibrate_command(
                       f"{score['mape'] * 100:.1f}%")
     console.print(table)
     comp = result.composition
-    console.print(f"{len(result.samples)} kernels measured ({result.validation['failed']} failed), method "
+    inside = result.validation.get("in_model_samples", 0)
+    console.print(f"{len(result.samples)} kernels measured ({inside} inside the composition networks, "
+                  f"{result.validation['failed']} failed), method "
                   f"{result.method}, run overhead {comp['run_overhead_s'] * 1e6:.0f} µs, scale {comp['scale']:.3f}, "
                   f"per kernel {comp['per_kernel_s'] * 1e6:.1f} µs; {result.wall_s:.1f} s")
     console.print(f"wrote [bold]{escape(str(result.path))}[/]")

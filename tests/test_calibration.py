@@ -96,6 +96,57 @@ def test_composition_fit_leaves_out_terms_the_networks_do_not_support() -> None:
     assert fitted["scale"] == pytest.approx(0.9, rel=0.05)
 
 
+def test_profiled_composition_reads_each_class_scale_off_the_networks() -> None:
+    from edgeopt.targets.calibration.fit import fit_profiled_composition
+
+    rng = np.random.default_rng(11)
+    truth = {"conv": 0.9, "depthwise": 1.05, "vector": 2.5, "elementwise": 1.3}
+    rows, profiles = [], []
+    for i in range(30):
+        iso = {"conv": rng.uniform(1e-3, 2e-2), "depthwise": rng.uniform(0, 4e-3), "vector": rng.uniform(1e-5, 3e-4),
+               "elementwise": rng.uniform(2e-4, 1e-3)}
+        if i < 3:  # pooling in three networks only: too few to read a scale of its own
+            iso["pooling"] = 1e-3
+        inside = {c: t * truth.get(c, 1.7) * rng.normal(1.0, 0.03) for c, t in iso.items()}
+        n = int(rng.integers(10, 120))
+        measured = 1e-4 + sum(inside.values()) + 4e-6 * n
+        profiles.append({c: (iso[c], inside[c]) for c in iso})
+        rows.append(_row(sum(iso.values()), n, measured))
+    fitted = fit_profiled_composition(rows, profiles, 1e-4)
+    for cls, scale in truth.items():
+        assert fitted[f"{cls}_scale"] == pytest.approx(scale, rel=0.03)
+    assert "pooling_scale" not in fitted  # pooling composes with the shared scale
+    assert fitted["gemm_scale"] == fitted["scale"] and fitted["weight_stream"] == fitted["vector_stream"] == 0.0
+    assert fitted["per_kernel_s"] == pytest.approx(4e-6, rel=0.25)
+    from edgeopt.targets.cost.composition import kernel_in_model_s
+    from edgeopt.targets.cost.kernels import Kernel
+
+    gemv = Kernel(name="fc", kind="gemm", precision="fp32", weight_bytes=4_000_000, attrs={"m": 1.0})
+    assert kernel_in_model_s(gemv, 1e-4, fitted, 16e9) == pytest.approx(fitted["vector_scale"] * 1e-4 +
+                                                                       fitted["per_kernel_s"])
+
+
+def test_kernel_profile_times_every_kernel_inside_the_model() -> None:
+    import onnx_ir as ir
+
+    from edgeopt.targets.calibration.calibrate import _model_kernels
+    from edgeopt.targets.calibration.networks import networks
+    from edgeopt.targets.calibration.runners import make_runner
+
+    runner = make_runner("onnxruntime", "cpu", threads=1, budget_s=0.05, clock="cpu")
+    for _name, proto, feeds in networks(3, seed=0)[1:3]:  # a CNN (NCHWc convs) and a transformer block stack
+        kernels, _ = _model_kernels(proto, "onnxruntime")
+        owner = {v.name: i for i, k in enumerate(kernels) for node in k.nodes for v in node.outputs if v.name}
+        owner.update({node.name: i for i, k in enumerate(kernels) for node in k.nodes if node.name})
+        profile = runner.kernel_profile(proto, feeds, owner, len(kernels), runs=5)
+        whole = runner.time(ir.serde.serialize_model(ir.serde.deserialize_model(proto)), feeds)
+        inside = float(profile.kernels.sum())
+        heavy = [i for i, k in enumerate(kernels) if k.kind in ("conv", "depthwise", "gemm")]
+        assert heavy and all(profile.kernels[i] > 0 for i in heavy)  # ORT's renamed nodes were all found
+        assert 0.5 * whole < inside + profile.reorder_s + profile.unattributed_s < 1.5 * whole
+        assert profile.unattributed_s < 0.25 * inside
+
+
 def test_weight_stream_counts_only_what_the_kernel_time_does_not_hide() -> None:
     from edgeopt.targets.cost.composition import kernel_in_model_s, weight_stream_s
     from edgeopt.targets.cost.kernels import Kernel
@@ -213,6 +264,11 @@ def test_quick_calibration_round_trip(quick_calibration: tuple[Path, str], tmp_p
     assert calibration.fingerprint == host_fingerprint() and calibration.threads == 2
     assert len(calibration.samples) >= 20 and calibration.method in ("factors", "ridge", "gbr")
     assert {s.kind for s in calibration.samples} >= {"conv", "depthwise", "gemm", "elementwise"}
+    # The composition networks' kernels, profiled inside them, train the predictor too.
+    in_model = [s for s in calibration.samples if s.label.startswith("in ")]
+    assert len(in_model) == calibration.validation["in_model_samples"] > 10
+    assert {s.kind for s in in_model} >= {"conv", "gemm"} and all(s.seconds > 0 for s in in_model)
+    assert len(calibration.validation["composition_profiles"]) == 3  # --quick times three networks
     assert find_calibration(get_target("host-cpu"), "onnxruntime").path == path
     model = load_model_from(make_conv_bn_model(batch=1), tmp_path)
     target = get_target("host-cpu")

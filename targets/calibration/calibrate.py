@@ -6,9 +6,11 @@
    with the elementwise fit so each sample is one kernel's own time;
 3. adaptive sampling: re-sample next to the configurations the held-out predictor
    gets most wrong, while the budget lasts (nn-Meter, MobiSys 2021);
-4. pick factors / Ridge / GradientBoosting by held-out error;
-5. time random composition networks (interleaved rounds) to fit how kernel times add up in a model
-   (composition.py).
+4. time random composition networks (interleaved rounds) to fit how kernel times add up in a model
+   (composition.py); where the runner profiles kernels (ONNX Runtime), each network's kernels are
+   also timed inside it, and those timings join the predictor's samples;
+5. pick factors / Ridge / GradientBoosting by held-out error, and read each class's remaining
+   scale off the profiled networks (or fit the composition on their totals).
 """
 
 from __future__ import annotations
@@ -32,14 +34,15 @@ from edgeopt.targets.calibration.fit import (
     fit_composition,
     fit_factors,
     fit_predictor,
+    fit_profiled_composition,
     heldout_errors,
     lines_for,
 )
 from edgeopt.targets.calibration.networks import networks
-from edgeopt.targets.calibration.runners import Runner, make_runner
+from edgeopt.targets.calibration.runners import KernelProfile, Runner, make_runner
 from edgeopt.targets.calibration.store import Calibration, host_fingerprint
 from edgeopt.targets.catalog import Target
-from edgeopt.targets.cost.composition import CompositionTerms
+from edgeopt.targets.cost.composition import CompositionTerms, kernel_class
 from edgeopt.targets.cost.features import KernelSample
 from edgeopt.targets.cost.kernels import RULES, Kernel, group_kernels, layout_boundary_bytes
 from edgeopt.targets.cost.roofline import effective_bandwidth
@@ -75,7 +78,7 @@ class Settings:
 
     @property
     def composition_count(self) -> int:
-        return 3 if self.quick else 45  # about 30 s of timing here (3 rounds); up to 7 terms to fit
+        return 3 if self.quick else 50  # about 40 s of timing and profiling here (3 rounds)
 
 
 def _model_kernels(proto: onnx.ModelProto, backend: str) -> tuple[list[Kernel], int]:
@@ -181,13 +184,19 @@ class Calibrator:
                     break
                 self._measure(bench.neighbor(self.specs[index], rng), seed=10_000 + round_ * 1000 + j)
                 self.progress(f"adaptive sampling, round {round_ + 1}", j + 1, len(worst))
+        isolated_count = len(self.samples)
+        nets = self._time_networks()
+        # Kernels profiled inside the networks train the predictor beside the lone-kernel samples:
+        # they ran with the cache state and neighbours a model gives them.
+        self.samples += [sample for net in nets for sample in net.in_model_samples()]
         method, scores = choose_method(self.samples, self.target, self.device_kind)
         lines = lines_for(self.samples, self.target)
         factors = fit_factors(self.samples, lines, self.device_kind)
         predictor = fit_predictor(self.samples, self.target, self.device_kind, method, factors)
 
-        rows = self._network_rows(predictor)
-        composition = fit_composition(rows, self.overhead_s)
+        rows, profiles = self._composition_rows(nets, predictor)
+        composition = fit_profiled_composition(rows, profiles, self.overhead_s) if profiles else \
+            fit_composition(rows, self.overhead_s)
         wall = time.perf_counter() - began
         return Calibration(
             target=self.target.name, backend=self.backend,
@@ -195,14 +204,16 @@ class Calibrator:
             method=method, factors=factors, composition=composition, samples=self.samples,
             device_kind=self.device_kind, threads=self.runner.threads, clock=s.clock, runtime=self.runner.runtime(),
             validation={"heldout": scores, "samples": len(self.samples), "failed": self.failed,
+                        "in_model_samples": len(self.samples) - isolated_count,
                         "run_overhead_measured_s": self.overhead_s, "quick": s.quick,
                         "statistic": s.statistic,
-                        "composition_rows": [[*dataclasses.astuple(t), m, b] for t, m, b in rows]},
+                        "composition_rows": [[*dataclasses.astuple(t), m, b] for t, m, b in rows],
+                        "composition_profiles": [{c: list(v) for c, v in p.items()} for p in profiles]},
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), wall_s=wall,
             device=self.target.description)
 
-    def _network_rows(self, predictor: Predictor) -> list[tuple[CompositionTerms, float, float]]:
-        """Per composition network: its kernels' isolated times summed per term, measured seconds, layout bytes.
+    def _time_networks(self) -> list[TimedNetwork]:
+        """Each composition network's kernels, layout bytes and measured seconds, and its kernels' profile.
 
         Each network is timed in ``NETWORK_ROUNDS`` interleaved rounds and its median kept: on a
         shared machine a network timed in one short window carried that moment's load into the
@@ -210,23 +221,87 @@ class Calibrator:
         """
         s = self.settings
         nets = networks(s.composition_count, s.seed)
-        bandwidth = effective_bandwidth(self.target)
-        terms, layouts, runs = [], [], []
-        for i, (_name, proto, _feeds) in enumerate(nets):
+        profiling = hasattr(self.runner, "kernel_profile")
+        timed, runs = [], []
+        for i, (name, proto, feeds) in enumerate(nets):
             kernels, layout_bytes = _model_kernels(proto, self.backend)
-            kernel_samples = [KernelSample.of(k) for k in kernels]
-            isolated = predictor.predict(kernel_samples, lines_for(kernel_samples, self.target))
-            terms.append(CompositionTerms.of(kernels, isolated, bandwidth))
-            layouts.append(float(layout_bytes))
+            profile = self._profile(proto, feeds, kernels) if profiling else None
+            timed.append(TimedNetwork(name, kernels, float(layout_bytes), 0.0, profile))
             runs.append(self.runner.prepare(proto))
-            self.progress("composition networks: loading", i + 1, len(nets))
+            self.progress("composition networks: loading" + (" and profiling" if profiling else ""), i + 1,
+                          len(nets))
         rounds = 1 if s.quick else NETWORK_ROUNDS
         times: list[list[float]] = [[] for _ in nets]
         for round_ in range(rounds):
             for i, (run, (_name, _proto, feeds)) in enumerate(zip(runs, nets, strict=True)):
                 times[i].append(self.runner.measure(run, feeds))
                 self.progress(f"composition networks: round {round_ + 1}/{rounds}", i + 1, len(nets))
-        return [(t, float(np.median(m)), b) for t, m, b in zip(terms, times, layouts, strict=True)]
+        for net, measured in zip(timed, times, strict=True):
+            net.measured_s = float(np.median(measured))
+        return timed
+
+    def _profile(self, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], kernels: list[Kernel]) -> KernelProfile:
+        owner: dict[str, int] = {}
+        for index, kernel in enumerate(kernels):
+            for node in kernel.nodes:
+                owner.update({v.name: index for v in node.outputs if v.name})
+            owner.update({node.name: index for node in kernel.nodes if node.name})
+        return self.runner.kernel_profile(proto, feeds, owner, len(kernels))
+
+    def _composition_rows(self, nets: list[TimedNetwork], predictor: Predictor
+                          ) -> tuple[list[tuple[CompositionTerms, float, float]], list[dict[str, tuple[float, float]]]]:
+        """Per network: its kernels' predicted times summed per term, measured seconds, layout bytes;
+        and, where the kernels were profiled, each class's (predicted, in-network) seconds."""
+        bandwidth = effective_bandwidth(self.target)
+        rows, profiles = [], []
+        for net in nets:
+            kernel_samples = [KernelSample.of(k) for k in net.kernels]
+            isolated = predictor.predict(kernel_samples, lines_for(kernel_samples, self.target))
+            rows.append((CompositionTerms.of(net.kernels, isolated, bandwidth), net.measured_s, net.layout_bytes))
+            if net.profile is not None:
+                profiles.append(_class_times(net, isolated))
+        return rows, profiles
+
+
+# Kernel classes whose in-network timings join the predictor's training samples; the rest are
+# dispatch-sized (free, shape) or absent from the networks.
+IN_MODEL_KINDS = ("conv", "depthwise", "gemm", "elementwise", "pooling", "normalization", "softmax", "data",
+                  "recurrent")
+MIN_IN_MODEL_S = 2e-6  # below this a profiled node is the profiler's own resolution
+
+
+@dataclass
+class TimedNetwork:
+    name: str
+    kernels: list[Kernel]
+    layout_bytes: float
+    measured_s: float
+    profile: KernelProfile | None
+
+    def in_model_samples(self) -> list[KernelSample]:
+        if self.profile is None:
+            return []
+        out = []
+        for kernel, seconds in zip(self.kernels, self.profile.kernels, strict=True):
+            if kernel.kind in IN_MODEL_KINDS and seconds >= MIN_IN_MODEL_S:
+                sample = KernelSample.of(kernel)
+                sample.seconds, sample.label = float(seconds), f"in {self.name}: {kernel.ops}"
+                out.append(sample)
+        return out
+
+
+def _class_times(net: TimedNetwork, predicted: list[float]) -> dict[str, tuple[float, float]]:
+    """Per kernel class: (predicted seconds, seconds profiled inside the network)."""
+    assert net.profile is not None
+    out: dict[str, list[float]] = {}
+    for kernel, iso, inside in zip(net.kernels, predicted, net.profile.kernels, strict=True):
+        pair = out.setdefault(kernel_class(kernel), [0.0, 0.0])
+        pair[0] += iso
+        pair[1] += float(inside)
+    # ORT's fused activations (QuickGelu for x * sigmoid(x), Gelu) come back under new names;
+    # they are elementwise kernels in every network here.
+    out.setdefault("elementwise", [0.0, 0.0])[1] += net.profile.unattributed_s
+    return {cls: (iso, inside) for cls, (iso, inside) in out.items()}
 
 
 def calibrate(target: Target, backend: str | None = None, *, budget_s: float | None = None, quick: bool = False,

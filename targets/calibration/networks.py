@@ -1,4 +1,4 @@
-"""Composition networks: small random CNNs and MLP/attention stacks built with onnx.helper.
+"""Composition networks: small random CNNs, MLP/attention stacks and recurrent stacks (onnx.helper).
 
 They are not zoo models; they only teach the calibration how isolated kernel times add
 up inside one session (run overhead, dispatch per kernel, layouts kept between convs).
@@ -119,11 +119,35 @@ def mlp(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray
     return b.model([x]), b.feeds
 
 
+def rnn(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Stacked LSTM / GRU layers over frames (speech, OCR heads) and a per-frame classifier."""
+    b = _Builder("fp32", int(rng.integers(1 << 30)))
+    seq, width = int(rng.choice([25, 50, 100, 200])), int(rng.choice([40, 80, 128]))
+    x = b.input((seq, 1, width))
+    for _ in range(int(rng.integers(1, 4))):
+        op, hidden = str(rng.choice(["LSTM", "GRU"])), int(rng.choice([64, 128, 256, 384]))
+        gates, directions = (4 if op == "LSTM" else 3), (2 if rng.random() < 0.5 else 1)
+        w = b.const(rng.standard_normal((directions, gates * hidden, width)).astype(np.float32) * 0.1, "w")
+        r = b.const(rng.standard_normal((directions, gates * hidden, hidden)).astype(np.float32) * 0.1, "r")
+        bias = b.const(rng.standard_normal((directions, 2 * gates * hidden)).astype(np.float32) * 0.1, "b")
+        zeros = b.const(np.zeros((directions, 1, hidden), np.float32), "h0")
+        attrs = {"linear_before_reset": 1} if op == "GRU" else {}
+        y = b.node(op, [x, w, r, bias, "", zeros] + ([zeros] if op == "LSTM" else []), hidden_size=hidden,
+                   direction="bidirectional" if directions == 2 else "forward", **attrs)
+        # Y [seq, directions, 1, hidden] -> [seq, 1, directions * hidden], as torch exports it
+        y = b.node("Transpose", [y], perm=[0, 2, 1, 3])
+        x, width = b.node("Reshape", [y, b.const_int(np.array([seq, 1, directions * hidden], np.int64))]), \
+            directions * hidden
+    y = b.node("MatMul", [x, b.weight((width, 32), axis=1)])
+    return b.model([y]), b.feeds
+
+
 def networks(count: int, seed: int = 0) -> list[tuple[str, onnx.ModelProto, dict[str, np.ndarray]]]:
     rng = np.random.default_rng(seed + 7)
     out = []
     for i in range(count):
-        kind = "cnn" if i % 3 != 2 else "mlp"
-        model, feeds = (cnn if kind == "cnn" else mlp)(rng)
+        # Two CNNs to one transformer stack; every tenth network recurrent.
+        kind = "rnn" if i % 10 == 9 else ("cnn" if i % 3 != 2 else "mlp")
+        model, feeds = {"cnn": cnn, "mlp": mlp, "rnn": rnn}[kind](rng)
         out.append((f"{kind}-{i}", model, feeds))
     return out

@@ -20,7 +20,8 @@ import bisect
 import json
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -117,13 +118,11 @@ class OnnxRuntimeRunner(Runner):
 
         return {"onnxruntime": ort.__version__}
 
-    def kernel_time(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float:
-        """Median per-run sum of ORT's own node timings, layout reorders excluded.
+    def _profiled(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], runs: int | None = None
+                  ) -> tuple[list[dict], list[tuple[float, float]], list[float]]:
+        """ORT profiler events, (start, end) µs of each timed run and each run's CPU seconds.
 
-        A one-kernel model timed end to end also pays the run overhead, copying its output
-        into a fresh numpy array and the NCHW <-> NCHWc reorders around the kernel; inside a
-        real model those happen once, not per kernel. ORT's profiler times each node's
-        Compute() call, which is what the kernel costs inside a model.
+        ``runs`` fixes the number of timed runs; without it they fill the time budget.
         """
         import onnxruntime as ort
 
@@ -145,22 +144,29 @@ class OnnxRuntimeRunner(Runner):
                 session.run(names, feeds)
             cpu: list[float] = []
             deadline = time.perf_counter() + self.budget_s
-            while len(cpu) < 5 or (time.perf_counter() < deadline and len(cpu) < self.max_repeats):
+            while len(cpu) < (runs or 5) or (runs is None and time.perf_counter() < deadline
+                                                and len(cpu) < self.max_repeats):
                 began = time.process_time()
                 session.run(names, feeds)
                 cpu.append(time.process_time() - began)
             events = json.loads(Path(session.end_profiling()).read_text())
         spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                        if e.get("cat") == "Session" and e.get("name") == "model_run")[warmup:]
-        starts = [a for a, _ in spans]
+        return [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")], \
+            spans, cpu
+
+    def kernel_time(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float:
+        """Median per-run sum of ORT's own node timings, layout reorders excluded.
+
+        A one-kernel model timed end to end also pays the run overhead, copying its output
+        into a fresh numpy array and the NCHW <-> NCHWc reorders around the kernel; inside a
+        real model those happen once, not per kernel. ORT's profiler times each node's
+        Compute() call, which is what the kernel costs inside a model.
+        """
+        events, spans, cpu = self._profiled(model, feeds)
         own = {node.name for node in model.graph.node}
         kept = [[0.0] * len(spans), [0.0] * len(spans)]  # per run: [kernel nodes, all nodes]
-        for e in events:
-            if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
-                continue
-            i = bisect.bisect_right(starts, e["ts"]) - 1
-            if not (0 <= i < len(spans) and e["ts"] <= spans[i][1]):
-                continue
+        for e, i in _per_run(events, spans):
             op = str(e.get("args", {}).get("op_name", ""))
             kept[1][i] += e["dur"] * 1e-6
             # Layout/precision conversions ORT adds around a lone kernel stay out: NCHWc reorders,
@@ -179,6 +185,65 @@ class OnnxRuntimeRunner(Runner):
         # own binding and output copy, tens of µs, stay in). The node spans are wall time that a
         # preempted node inflates: the smaller of the two readings is the less disturbed one.
         return min(kernel, self.reduce(cpu) * (kernel / every if every > 0 else 1.0))
+
+    def kernel_profile(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], owner: Mapping[str, int],
+                       count: int, runs: int = 15) -> KernelProfile:
+        """Each of ``count`` kernels' median seconds inside ``model``, from ORT's node timings.
+
+        ``owner`` maps node names and node output names to a kernel's index. ORT renames the
+        nodes it rewrites: an NCHWc conv is named after its output plus ``_nchwc``, a fusion
+        appends ``/MatMulAddFusion`` and the like to the anchor's name; its fused activations
+        (QuickGelu, Gelu) get new names, and their time is reported as unattributed. On the
+        cpu clock the node spans (wall time) are scaled by the runs' CPU/wall ratio.
+        """
+        events, spans, cpu = self._profiled(model, feeds, runs)
+        per_run = np.zeros((max(len(spans), 1), count))
+        reorder, unattributed = np.zeros(len(per_run)), np.zeros(len(per_run))
+        for e, i in _per_run(events, spans):
+            index = _owner_of(e["name"][: -len("_kernel_time")], owner)
+            if index is not None:
+                per_run[i, index] += e["dur"] * 1e-6
+            elif str(e.get("args", {}).get("op_name", "")).startswith("Reorder"):
+                reorder[i] += e["dur"] * 1e-6
+            else:
+                unattributed[i] += e["dur"] * 1e-6
+        ratio = 1.0
+        if self.clock == "cpu" and spans:
+            wall = np.median([(b - a) * 1e-6 for a, b in spans])
+            ratio = min(1.0, float(np.median(cpu[-len(spans):])) / wall) if wall > 0 else 1.0
+        return KernelProfile(np.median(per_run, 0) * ratio, float(np.median(reorder)) * ratio,
+                             float(np.median(unattributed)) * ratio)
+
+
+@dataclass
+class KernelProfile:
+    """Per-kernel seconds measured inside a model, and the node time no kernel owns."""
+
+    kernels: np.ndarray
+    reorder_s: float  # layout conversions the backend inserted
+    unattributed_s: float  # nodes the backend renamed beyond recognition (fused activations)
+
+
+def _per_run(events: list[dict], spans: list[tuple[float, float]]) -> Iterator[tuple[dict, int]]:
+    """(event, index of the timed run it falls in) for node events inside a timed run."""
+    starts = [a for a, _ in spans]
+    for e in events:
+        i = bisect.bisect_right(starts, e["ts"]) - 1
+        if 0 <= i < len(spans) and e["ts"] <= spans[i][1]:
+            yield e, i
+
+
+def _owner_of(name: str, owner: Mapping[str, int]) -> int | None:
+    """The kernel index of an ORT node name: its own, its output's (``_nchwc``), or its anchor's."""
+    if name in owner:
+        return owner[name]
+    if name.endswith("_nchwc") and name[: -len("_nchwc")] in owner:
+        return owner[name[: -len("_nchwc")]]
+    while "/" in name.rstrip("/")[1:]:  # "matmul10/MatMulAddFusion" -> "matmul10"
+        name = name.rstrip("/").rsplit("/", 1)[0]
+        if name in owner:
+            return owner[name]
+    return None
 
 
 class OnnxRuntimeCudaRunner(OnnxRuntimeRunner):

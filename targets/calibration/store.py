@@ -20,6 +20,7 @@ from typing import Any
 
 from edgeopt.ir.errors import TargetError, UserError
 from edgeopt.targets.catalog import BACKENDS, Target
+from edgeopt.targets.cost.composition import EXTRA_CLASSES
 from edgeopt.targets.cost.features import KernelSample
 from edgeopt.targets.cost.kernels import CLASSES, PRECISIONS
 
@@ -188,9 +189,9 @@ def parse_calibration(data: Any, where: Path) -> Calibration:
     clock = data.get("clock", "wall")
     if clock not in ("wall", "cpu"):
         raise CalibrationError(f"{where}: unknown clock '{clock}' (expected wall or cpu)")
-    # older files lack these
-    optional = [key for key in ("depthwise_scale", "gemm_scale", "weight_stream", "vector_stream")
-                if key in composition]
+    # older files lack these; a profiled calibration has a scale per kernel class
+    class_scales = [f"{cls}_scale" for cls in (*CLASSES, *EXTRA_CLASSES) if f"{cls}_scale" in composition]
+    optional = [key for key in ("weight_stream", "vector_stream", *class_scales) if key in composition]
     for key in ("run_overhead_s", "scale", "per_kernel_s", *optional):
         value = composition.get(key)
         # per_kernel_s may be slightly negative (fit.fit_composition); the others may not.
@@ -215,7 +216,8 @@ def parse_calibration(data: Any, where: Path) -> Calibration:
                      # files from before the depthwise and GEMM terms: those kernels compose like the rest
                      **{key: float(composition.get(key, composition["scale"]))
                         for key in ("depthwise_scale", "gemm_scale")},
-                     "vector_stream": float(composition.get("vector_stream", composition.get("weight_stream", 0.0)))},
+                     "vector_stream": float(composition.get("vector_stream", composition.get("weight_stream", 0.0))),
+                     **{key: float(composition[key]) for key in class_scales}},  # a profiled calibration's
         samples=samples, device_kind=str(data.get("device_kind", "cpu")), threads=data.get("threads"),
         clock=str(clock), runtime=dict(data.get("runtime") or {}), validation=dict(data.get("validation") or {}),
         created=str(data.get("created", "")), wall_s=float(data.get("wall_s") or 0.0),

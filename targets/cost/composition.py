@@ -17,6 +17,11 @@ networks from 12 % to 6 %; the GEMMs' own scale took it to 5 % and the transform
 from -18 % to within 10 %. Calibration now times 45 networks and keeps a term beyond the shared
 scale and dispatch only where they support it (``fit.fit_composition``); a term left out takes
 its neutral value or its parent's (a class scale the shared one).
+
+Where the backend's profiler times each kernel inside a network (ONNX Runtime), the calibration
+reads a scale per kernel class straight off those timings instead, vector kernels a class of
+their own, and fits only the dispatch term on the totals (``fit.fit_profiled_composition``):
+the totals alone could not tell the classes apart (see there).
 """
 
 from __future__ import annotations
@@ -41,6 +46,23 @@ def is_vector(kernel: Kernel) -> bool:
         return kernel.attrs.get("m", 2.0) <= 1
     return kernel.kind == "conv" and kernel.attrs.get("hw", 2.0) <= 1 and \
         kernel.attrs.get("out_elems", 0.0) <= kernel.attrs.get("cout", 0.0)
+
+
+EXTRA_CLASSES = ("vector", "pointwise")  # composition classes beyond the kernel kinds
+
+
+def kernel_class(kernel: Kernel) -> str:
+    """The class a kernel composes by: ``vector`` (``is_vector``), ``pointwise`` (a 1x1 conv), or its kind.
+
+    1x1 convs apart from spatial ones: profiled in ONNX Runtime, the pointwise convs of
+    MobileNetV2/V3 ran at 1.08-1.12x their isolated prediction while the 3x3 convs that fill
+    the ResNet-style networks ran at 0.92x.
+    """
+    if is_vector(kernel):
+        return "vector"
+    if kernel.kind == "conv" and kernel.attrs.get("k", 0.0) == 1:
+        return "pointwise"
+    return kernel.kind
 
 
 def weight_stream_s(kernel: Kernel, isolated_s: float, bandwidth: float) -> float:
@@ -74,7 +96,11 @@ class CompositionTerms:
 def kernel_in_model_s(kernel: Kernel, isolated_s: float, composition: Mapping[str, float], bandwidth: float) -> float:
     """A kernel's predicted time inside the model, from its isolated time and the fitted composition."""
     scale = composition["scale"]
-    own = composition.get(f"{kernel.kind}_scale", scale) if kernel.kind in SCALED_APART else scale
+    # A profiled calibration has a scale per class (vector kernels apart); a fit on network
+    # totals has them for SCALED_APART only.
+    own = composition.get(f"{kernel_class(kernel)}_scale")
+    if own is None:
+        own = composition.get(f"{kernel.kind}_scale", scale) if kernel.kind in SCALED_APART else scale
     seconds = own * isolated_s + (composition["per_kernel_s"] if kernel.kind != "free" else 0.0)
     stream = composition.get("weight_stream", 0.0)
     if is_vector(kernel):
