@@ -126,6 +126,15 @@ def test_profiled_composition_reads_each_class_scale_off_the_networks() -> None:
                                                                        fitted["per_kernel_s"])
 
 
+def test_a_profile_is_scaled_into_the_unprofiled_run_time() -> None:
+    from edgeopt.targets.calibration.runners import KernelProfile
+
+    profile = KernelProfile(np.array([1.2e-3, 0.6e-3]), 0.1e-3, 0.1e-3)  # 2 ms profiled
+    slower = profile.within(1e-3)  # the profiler doubled the run: every part halves
+    assert slower.kernels == pytest.approx([0.6e-3, 0.3e-3]) and slower.reorder_s == pytest.approx(0.05e-3)
+    assert profile.within(3e-3).kernels == pytest.approx(profile.kernels)  # never scaled up: the rest is dispatch
+
+
 def test_kernel_profile_times_every_kernel_inside_the_model() -> None:
     import onnx_ir as ir
 
@@ -145,6 +154,11 @@ def test_kernel_profile_times_every_kernel_inside_the_model() -> None:
         assert heavy and all(profile.kernels[i] > 0 for i in heavy)  # ORT's renamed nodes were all found
         assert 0.5 * whole < inside + profile.reorder_s + profile.unattributed_s < 1.5 * whole
         assert profile.unattributed_s < 0.25 * inside
+    from edgeopt.targets.calibration.runners import OnnxRuntimeCudaRunner, OpenVinoRunner, TensorRTRunner
+
+    # Their node sets are not the CPU provider's (a TensorRT engine is one node): totals only.
+    assert runner.profiles_kernels and not (OnnxRuntimeCudaRunner.profiles_kernels or TensorRTRunner.profiles_kernels
+                                            or OpenVinoRunner.profiles_kernels)
 
 
 def test_weight_stream_counts_only_what_the_kernel_time_does_not_hide() -> None:
