@@ -6,9 +6,9 @@
    with the elementwise fit so each sample is one kernel's own time;
 3. adaptive sampling: re-sample next to the configurations the held-out predictor
    gets most wrong, while the budget lasts (nn-Meter, MobiSys 2021);
-4. time random composition networks (interleaved rounds) to fit how kernel times add up in a model
-   (composition.py); where the runner profiles kernels (ONNX Runtime), each network's kernels are
-   also timed inside it, and those timings join the predictor's samples;
+4. time random composition networks (interleaved rounds) to fit how kernel times add up in a
+   model (composition.py); where the runner profiles kernels (ONNX Runtime, OpenVINO), each
+   network's kernels are also timed inside it, and those timings join the predictor's samples;
 5. pick factors / Ridge / GradientBoosting by held-out error, and read each class's remaining
    scale off the profiled networks (or fit the composition on their totals).
 """
@@ -302,8 +302,8 @@ def _class_times(net: TimedNetwork, predicted: list[float]) -> dict[str, tuple[f
         pair[1] += float(inside)
     # ORT's fused activations (QuickGelu for x * sigmoid(x), Gelu) come back under new names;
     # they are elementwise kernels in every network here. A larger unattributed share is a
-    # kernel the backend rebuilt beyond recognition and stays out: that class then has no
-    # in-network time and no ratio.
+    # kernel the backend rebuilt beyond recognition (OpenVINO's LSTM as a sequence node) and
+    # stays out: that class then has no in-network time and no ratio.
     if net.profile.unattributed_s <= 0.25 * (float(net.profile.kernels.sum()) + net.profile.unattributed_s):
         out.setdefault("elementwise", [0.0, 0.0])[1] += net.profile.unattributed_s
     return {cls: (iso, inside) for cls, (iso, inside) in out.items()}

@@ -18,10 +18,11 @@ from -18 % to within 10 %. Calibration now times 45 networks and keeps a term be
 scale and dispatch only where they support it (``fit.fit_composition``); a term left out takes
 its neutral value or its parent's (a class scale the shared one).
 
-Where the backend's profiler times each kernel inside a network (ONNX Runtime), the calibration
-reads a scale per kernel class straight off those timings instead, vector kernels a class of
-their own, and fits only the dispatch term on the totals (``fit.fit_profiled_composition``):
-the totals alone could not tell the classes apart (see there).
+Where the backend's profiler times each kernel inside a network (ONNX Runtime, OpenVINO), those
+in-network timings also train the kernel predictor, a scale per kernel class (vector kernels and
+1x1 convs classes of their own) is read off them for what the predictor's fit leaves, and only
+the dispatch term is fitted on the totals (``fit.fit_profiled_composition``): the totals alone
+could not tell the classes apart (see there).
 """
 
 from __future__ import annotations
