@@ -5,6 +5,8 @@
 
 1. ``edgeopt calibrate`` on kernel micro-benchmarks (or reuse --calibration FILE);
 2. predict and measure every zoo model at full size (held out: calibration never sees them);
+   ``--also A.json B.json`` scores more calibration files against the same timings (their
+   spread is the calibration's own, without the machine's drift between bench runs);
 3. predict and measure >= 8 variants of a ResNet-18: width-pruned (torch module built at
    several widths), other input resolutions, INT8 QDQ (onnxruntime.quantization) and FP16;
 4. print predicted, measured and error per model, the share within ±10%, Kendall tau over the
@@ -152,6 +154,23 @@ def evaluate(cost: CostModel, runner, entries: list, group: str, rounds: int = 3
     return rows
 
 
+def score_against(target, backend: str, path: Path, zoo: list, rows: list[dict]) -> dict:
+    """Another calibration file's predictions scored against the timings ``rows`` already hold.
+
+    Calibration-to-calibration spread, with the machine's drift between bench runs taken out:
+    every file is scored against the same measurements.
+    """
+    cost = CostModel(target, backend, read_calibration(path))
+    errors = {}
+    for (name, model_path, feeds), row in zip(zoo, rows, strict=True):
+        model = load_model(model_path)
+        cost.bindings = _bindings(model, feeds)
+        errors[name] = (cost.estimate(model).latency_s * 1e3 / row["measured_ms"] - 1) * 100
+    values = np.abs(list(errors.values()))
+    return {"calibration": str(path), "within_10pct": float(np.mean(values <= 10)),
+            "mean_abs_error_pct": float(np.mean(values)), "error_pct": errors}
+
+
 def main(argv: list[str] | None = None) -> int:
     from scipy.stats import kendalltau
 
@@ -169,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="interleaved timing rounds per model (each model's median is reported)")
     p.add_argument("--models", type=Path, default=Path("/tmp/edgeopt-costmodel-models"))
     p.add_argument("--only", default="", help="comma-separated zoo models (default: all)")
+    p.add_argument("--also", type=Path, nargs="*", default=[], metavar="FILE",
+                   help="more calibration files, scored against the same zoo timings")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     a = p.parse_args(argv)
@@ -210,6 +231,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{'PASS' if summary['bars']['kendall_tau'] else 'FAIL'}",
               f"calibration wall time: {calibration.wall_s:.0f} s (bar 600 s) — "
               f"{'PASS' if summary['bars']['calibration_s'] else 'FAIL'}"]
+    # The run's own calibration first, so the table compares like with like.
+    also = [score_against(target, a.backend, Path(path), zoo, rows[:len(zoo)])
+            for path in ([calibration.path, *a.also] if a.also else [])]
+    if also:
+        lines += ["", "Same zoo timings, other calibrations:", "",
+                  "| calibration | within ±10% | mean abs error | " + " | ".join(n for n, _, _ in zoo) + " |",
+                  "|---|---|---|" + "---|" * len(zoo)]
+        lines += [f"| {Path(x['calibration']).name} | {x['within_10pct'] * 100:.0f}% | "
+                  f"{x['mean_abs_error_pct']:.1f}% | " + " | ".join(f"{x['error_pct'][n]:+.1f}%" for n, _, _ in zoo)
+                  + " |" for x in also]
+        summary["also"] = also
     print("\n".join(lines))
     if a.markdown:
         a.markdown.write_text("\n".join(lines) + "\n")
