@@ -124,6 +124,11 @@ def test_profiled_composition_reads_each_class_scale_off_the_networks() -> None:
     gemv = Kernel(name="fc", kind="gemm", precision="fp32", weight_bytes=4_000_000, attrs={"m": 1.0})
     assert kernel_in_model_s(gemv, 1e-4, fitted, 16e9) == pytest.approx(fitted["vector_scale"] * 1e-4 +
                                                                        fitted["per_kernel_s"])
+    # A 1x1 conv composes as "pointwise"; without a scale of its own it takes the convs'.
+    pointwise = Kernel(name="pw", kind="conv", precision="fp32", attrs={"k": 1.0, "hw": 3136.0, "cout": 96.0})
+    composition = {"run_overhead_s": 0.0, "scale": 1.0, "per_kernel_s": 0.0, "conv_scale": 0.9}
+    assert kernel_in_model_s(pointwise, 1e-4, composition, 16e9) == pytest.approx(0.9e-4)
+    assert kernel_in_model_s(pointwise, 1e-4, {**composition, "pointwise_scale": 1.1}, 16e9) == pytest.approx(1.1e-4)
 
 
 def test_a_profile_is_scaled_into_the_unprofiled_run_time() -> None:

@@ -217,7 +217,7 @@ def parse_calibration(data: Any, where: Path) -> Calibration:
                      **{key: float(composition.get(key, composition["scale"]))
                         for key in ("depthwise_scale", "gemm_scale")},
                      "vector_stream": float(composition.get("vector_stream", composition.get("weight_stream", 0.0))),
-                     **{key: float(composition[key]) for key in class_scales}},  # a profiled calibration's
+                     **{key: float(composition[key]) for key in class_scales}},
         samples=samples, device_kind=str(data.get("device_kind", "cpu")), threads=data.get("threads"),
         clock=str(clock), runtime=dict(data.get("runtime") or {}), validation=dict(data.get("validation") or {}),
         created=str(data.get("created", "")), wall_s=float(data.get("wall_s") or 0.0),

@@ -14,7 +14,7 @@ the model than alone while conv kernels ran as timed. The fitted model time is
 where the last term is the part of streaming a kernel's weights from memory (at the target's
 bandwidth figure) that the kernel's own time does not cover; it cut the mean error on those
 networks from 12 % to 6 %; the GEMMs' own scale took it to 5 % and the transformer networks
-from -18 % to within 10 %. Calibration now times 45 networks and keeps a term beyond the shared
+from -18 % to within 10 %. Calibration times 45-50 networks and keeps a term beyond the shared
 scale and dispatch only where they support it (``fit.fit_composition``); a term left out takes
 its neutral value or its parent's (a class scale the shared one).
 
@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from edgeopt.targets.cost.kernels import Kernel
 
 WEIGHT_READERS = ("conv", "depthwise", "gemm")  # kernels whose weights stream through the cache
-SCALED_APART = ("depthwise", "gemm")  # classes with a fitted scale of their own ("<class>_scale")
 
 
 def is_vector(kernel: Kernel) -> bool:
@@ -97,11 +96,9 @@ class CompositionTerms:
 def kernel_in_model_s(kernel: Kernel, isolated_s: float, composition: Mapping[str, float], bandwidth: float) -> float:
     """A kernel's predicted time inside the model, from its isolated time and the fitted composition."""
     scale = composition["scale"]
-    # A profiled calibration has a scale per class (vector kernels apart); a fit on network
-    # totals has them for SCALED_APART only.
-    own = composition.get(f"{kernel_class(kernel)}_scale")
-    if own is None:
-        own = composition.get(f"{kernel.kind}_scale", scale) if kernel.kind in SCALED_APART else scale
+    # A profiled calibration has a scale per class, a fit on network totals one for depthwise and
+    # GEMM kernels; a class without one (a 1x1 conv seen in too few networks) takes its kind's.
+    own = composition.get(f"{kernel_class(kernel)}_scale", composition.get(f"{kernel.kind}_scale", scale))
     seconds = own * isolated_s + (composition["per_kernel_s"] if kernel.kind != "free" else 0.0)
     stream = composition.get("weight_stream", 0.0)
     if is_vector(kernel):
