@@ -144,7 +144,7 @@ def test_a_profile_is_scaled_into_the_unprofiled_run_time() -> None:
 def test_kernel_profile_times_every_kernel_inside_the_model(backend: str) -> None:
     import onnx_ir as ir
 
-    from edgeopt.targets.calibration.calibrate import _model_kernels
+    from edgeopt.targets.calibration.calibrate import _model_kernels, kernel_owners
     from edgeopt.targets.calibration.networks import networks
     from edgeopt.targets.calibration.runners import make_runner
 
@@ -153,9 +153,7 @@ def test_kernel_profile_times_every_kernel_inside_the_model(backend: str) -> Non
     # and a transformer block stack.
     for _name, proto, feeds in networks(3, seed=0)[1:3]:
         kernels, _ = _model_kernels(proto, backend)
-        owner = {v.name: i for i, k in enumerate(kernels) for node in k.nodes for v in node.outputs if v.name}
-        owner.update({node.name: i for i, k in enumerate(kernels) for node in k.nodes if node.name})
-        profile = runner.kernel_profile(proto, feeds, owner, len(kernels), runs=5)
+        profile = runner.kernel_profile(proto, feeds, kernel_owners(kernels), len(kernels), runs=5)
         whole = runner.time(ir.serde.serialize_model(ir.serde.deserialize_model(proto)), feeds)
         inside = float(profile.kernels.sum())
         heavy = [i for i, k in enumerate(kernels) if k.kind in ("conv", "depthwise", "gemm")]

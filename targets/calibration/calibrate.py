@@ -31,7 +31,6 @@ from edgeopt.targets.calibration import bench
 from edgeopt.targets.calibration.fit import (
     Predictor,
     choose_method,
-    fit_composition,
     fit_factors,
     fit_predictor,
     fit_profiled_composition,
@@ -195,8 +194,7 @@ class Calibrator:
         predictor = fit_predictor(self.samples, self.target, self.device_kind, method, factors)
 
         rows, profiles = self._composition_rows(nets, predictor)
-        composition = fit_profiled_composition(rows, profiles, self.overhead_s) if profiles else \
-            fit_composition(rows, self.overhead_s)
+        composition = fit_profiled_composition(rows, profiles, self.overhead_s)  # totals fit without profiles
         wall = time.perf_counter() - began
         return Calibration(
             target=self.target.name, backend=self.backend,
@@ -231,11 +229,9 @@ class Calibrator:
             self.progress("composition networks: loading" + (" and profiling" if profiling else ""), i + 1,
                           len(nets))
         rounds = 1 if s.quick else NETWORK_ROUNDS
-        times: list[list[float]] = [[] for _ in nets]
-        for round_ in range(rounds):
-            for i, (run, (_name, _proto, feeds)) in enumerate(zip(runs, nets, strict=True)):
-                times[i].append(self.runner.measure(run, feeds))
-                self.progress(f"composition networks: round {round_ + 1}/{rounds}", i + 1, len(nets))
+        times = self.runner.interleaved(
+            [(run, feeds) for run, (_name, _proto, feeds) in zip(runs, nets, strict=True)], rounds,
+            lambda round_, done: self.progress(f"composition networks: round {round_ + 1}/{rounds}", done, len(nets)))
         for net, measured in zip(timed, times, strict=True):
             net.measured_s = float(np.median(measured))
             if net.profile is not None:
@@ -243,12 +239,7 @@ class Calibrator:
         return timed
 
     def _profile(self, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], kernels: list[Kernel]) -> KernelProfile:
-        owner: dict[str, int] = {}
-        for index, kernel in enumerate(kernels):
-            for node in kernel.nodes:
-                owner.update({v.name: index for v in node.outputs if v.name})
-            owner.update({node.name: index for node in kernel.nodes if node.name})
-        return self.runner.kernel_profile(proto, feeds, owner, len(kernels))
+        return self.runner.kernel_profile(proto, feeds, kernel_owners(kernels), len(kernels))
 
     def _composition_rows(self, nets: list[TimedNetwork], predictor: Predictor
                           ) -> tuple[list[tuple[CompositionTerms, float, float]], list[dict[str, tuple[float, float]]]]:
@@ -263,6 +254,19 @@ class Calibrator:
             if net.profile is not None:
                 profiles.append(_class_times(net, isolated))
         return rows, profiles
+
+
+def kernel_owners(kernels: list[Kernel]) -> dict[str, int]:
+    """Node names and node output names, each mapped to the index of the kernel it belongs to.
+
+    Backends rename the nodes they rewrite after one or the other (runners.kernel_profile).
+    """
+    owner: dict[str, int] = {}
+    for index, kernel in enumerate(kernels):
+        for node in kernel.nodes:
+            owner.update({v.name: index for v in node.outputs if v.name})
+        owner.update({node.name: index for node in kernel.nodes if node.name})
+    return owner
 
 
 # Kernel classes whose in-network timings join the predictor's training samples; the rest are

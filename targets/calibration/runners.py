@@ -20,7 +20,7 @@ import bisect
 import json
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +64,22 @@ class Runner:
     def time(self, model: onnx.ModelProto | Path, feeds: Mapping[str, np.ndarray]) -> float:
         """Median (or p25) seconds of one run after warm-up, repeated within the time budget."""
         return self.measure(self.prepare(model), feeds)
+
+    def interleaved(self, runs: Sequence[tuple[Callable[[dict[str, np.ndarray]], object], Mapping[str, np.ndarray]]],
+                    rounds: int, progress: Callable[[int, int], None] | None = None) -> list[list[float]]:
+        """Each prepared (run, feeds) timed once per round, round after round: its ``rounds`` times.
+
+        Spreading a model's timing over the whole pass keeps a minute of other tenants' load on the
+        shared caches from landing on one model alone (memory-bound models re-time 10-30 % apart a
+        minute later on the machine this was measured on). ``progress(round, done)`` after each timing.
+        """
+        times: list[list[float]] = [[] for _ in runs]
+        for round_ in range(rounds):
+            for i, (run, feeds) in enumerate(runs):
+                times[i].append(self.measure(run, feeds))
+                if progress is not None:
+                    progress(round_, i + 1)
+        return times
 
     def measure(self, run: Callable[[dict[str, np.ndarray]], object], feeds: Mapping[str, np.ndarray]) -> float:
         """:meth:`time` for a model :meth:`prepare` already loaded (timed again without reloading)."""
@@ -215,8 +231,7 @@ class OnnxRuntimeRunner(Runner):
         if self.clock == "cpu" and spans:
             wall = np.median([(b - a) * 1e-6 for a, b in spans])
             ratio = min(1.0, float(np.median(cpu[-len(spans):])) / wall) if wall > 0 else 1.0
-        return KernelProfile(np.median(per_run, 0) * ratio, float(np.median(reorder)) * ratio,
-                             float(np.median(unattributed)) * ratio)
+        return KernelProfile.median_of(per_run, reorder, unattributed, ratio)
 
 
 @dataclass
@@ -226,6 +241,13 @@ class KernelProfile:
     kernels: np.ndarray
     reorder_s: float  # layout conversions the backend inserted
     unattributed_s: float  # nodes the backend renamed beyond recognition (fused activations)
+
+    @classmethod
+    def median_of(cls, per_run: np.ndarray, reorder: np.ndarray, unattributed: np.ndarray, ratio: float
+                  ) -> KernelProfile:
+        """The per-run timings' medians, times ``ratio`` (the runs' CPU/wall ratio on the cpu clock)."""
+        return cls(np.median(per_run, 0) * ratio, float(np.median(reorder)) * ratio,
+                   float(np.median(unattributed)) * ratio)
 
     def within(self, total_s: float) -> KernelProfile:
         """Scaled down, if need be, so its node times fit in ``total_s`` (the model timed unprofiled).
@@ -303,26 +325,25 @@ class OpenVinoRunner(Runner):
             config["INFERENCE_NUM_THREADS"] = self.threads
         return config
 
-    def prepare(self, model: onnx.ModelProto | Path):
-        config = self._config()
+    def _compile(self, model: onnx.ModelProto | Path, **extra: object):
+        """The model compiled for the device with the runner's config (OpenVINO reads ONNX from a file)."""
+        config = {**self._config(), **extra}
         if isinstance(model, Path):
-            compiled = self.core.compile_model(str(model), self.ov_device, config)
-        else:
-            with tempfile.TemporaryDirectory(prefix="edgeopt-ov-") as folder:
-                path = Path(folder) / "model.onnx"
-                onnx.save(model, str(path))
-                compiled = self.core.compile_model(str(path), self.ov_device, config)
+            return self.core.compile_model(str(model), self.ov_device, config)
+        with tempfile.TemporaryDirectory(prefix="edgeopt-ov-") as folder:
+            path = Path(folder) / "model.onnx"
+            onnx.save(model, str(path))
+            return self.core.compile_model(str(path), self.ov_device, config)
+
+    def prepare(self, model: onnx.ModelProto | Path):
+        compiled = self._compile(model)
         request = compiled.create_infer_request()
         names = _ov_input_names(compiled)
         return lambda feeds: request.infer({k: v for k, v in feeds.items() if k in names})
 
     def kernel_time(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float:
         """Median per-run sum of OpenVINO's per-node timings (PERF_COUNT), layout reorders excluded."""
-        config = {**self._config(), "PERF_COUNT": True}
-        with tempfile.TemporaryDirectory(prefix="edgeopt-ov-") as folder:
-            path = Path(folder) / "model.onnx"
-            onnx.save(model, str(path))
-            compiled = self.core.compile_model(str(path), self.ov_device, config)
+        compiled = self._compile(model, PERF_COUNT=True)
         request = compiled.create_infer_request()
         names = _ov_input_names(compiled, feeds)
         feeds = {k: v for k, v in feeds.items() if k in names}
@@ -356,11 +377,7 @@ class OpenVinoRunner(Runner):
         0.4 ms transformer stack profiled at 0.66 ms): calibration scales a profile into the
         unprofiled run time (``KernelProfile.within``).
         """
-        config = {**self._config(), "PERF_COUNT": True}
-        with tempfile.TemporaryDirectory(prefix="edgeopt-ov-") as folder:
-            path = Path(folder) / "model.onnx"
-            onnx.save(model, str(path))
-            compiled = self.core.compile_model(str(path), self.ov_device, config)
+        compiled = self._compile(model, PERF_COUNT=True)
         took_in: dict[str, list[str]] = {}
         for op in compiled.get_runtime_model().get_ops():
             info = op.get_rt_info()
@@ -390,8 +407,7 @@ class OpenVinoRunner(Runner):
                 else:
                     unattributed[i] += seconds
         ratio = min(1.0, float(np.median(cpu) / np.median(wall))) if self.clock == "cpu" else 1.0
-        return KernelProfile(np.median(per_run, 0) * ratio, float(np.median(reorder)) * ratio,
-                             float(np.median(unattributed)) * ratio)
+        return KernelProfile.median_of(per_run, reorder, unattributed, ratio)
 
     def runtime(self) -> dict[str, str]:
         import openvino as ov

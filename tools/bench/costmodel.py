@@ -136,12 +136,13 @@ def evaluate(cost: CostModel, runner, entries: list, group: str, rounds: int = 3
     for model, (_, _, feeds) in zip(models, entries, strict=True):
         cost.bindings = _bindings(model, feeds)
         estimates.append(cost.estimate(model))
-    runs = [runner.prepare(path) for _, path, _ in entries]
-    times: list[list[float]] = [[] for _ in entries]
-    for round_ in range(rounds):
-        for i, (run, (_, _, feeds)) in enumerate(zip(runs, entries, strict=True)):
-            times[i].append(runner.measure(run, feeds))
-        print(f"  {group}: timing round {round_ + 1}/{rounds} done", flush=True)
+    runs = [(runner.prepare(path), feeds) for _, path, feeds in entries]
+
+    def report(round_: int, done: int) -> None:
+        if done == len(runs):
+            print(f"  {group}: timing round {round_ + 1}/{rounds} done", flush=True)
+
+    times = runner.interleaved(runs, rounds, report)
     rows = []
     for (name, _, _), estimate, measured_runs in zip(entries, estimates, times, strict=True):
         predicted, measured = estimate.latency_s, float(np.median(measured_runs))
@@ -154,17 +155,16 @@ def evaluate(cost: CostModel, runner, entries: list, group: str, rounds: int = 3
     return rows
 
 
-def score_against(target, backend: str, path: Path, zoo: list, rows: list[dict]) -> dict:
+def score_against(target, backend: str, path: Path, loaded: list, rows: list[dict]) -> dict:
     """Another calibration file's predictions scored against the timings ``rows`` already hold.
 
     Calibration-to-calibration spread, with the machine's drift between bench runs taken out:
-    every file is scored against the same measurements.
+    every file is scored against the same measurements. ``loaded``: (name, model, bindings).
     """
     cost = CostModel(target, backend, read_calibration(path))
     errors = {}
-    for (name, model_path, feeds), row in zip(zoo, rows, strict=True):
-        model = load_model(model_path)
-        cost.bindings = _bindings(model, feeds)
+    for (name, model, bindings), row in zip(loaded, rows, strict=True):
+        cost.bindings = bindings
         errors[name] = (cost.estimate(model).latency_s * 1e3 / row["measured_ms"] - 1) * 100
     values = np.abs(list(errors.values()))
     return {"calibration": str(path), "within_10pct": float(np.mean(values <= 10)),
@@ -232,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
               f"calibration wall time: {calibration.wall_s:.0f} s (bar 600 s) — "
               f"{'PASS' if summary['bars']['calibration_s'] else 'FAIL'}"]
     # The run's own calibration first, so the table compares like with like.
-    also = [score_against(target, a.backend, Path(path), zoo, rows[:len(zoo)])
+    loaded = [(name, model, _bindings(model, feeds)) for name, model, feeds in
+              ((name, load_model(path), feeds) for name, path, feeds in zoo)] if a.also else []
+    also = [score_against(target, a.backend, Path(path), loaded, rows[:len(zoo)])
             for path in ([calibration.path, *a.also] if a.also else [])]
     if also:
         lines += ["", "Same zoo timings, other calibrations:", "",
