@@ -153,7 +153,7 @@ def test_kernel_profile_times_every_kernel_inside_the_model(backend: str) -> Non
     # and a transformer block stack.
     for _name, proto, feeds in networks(3, seed=0)[1:3]:
         kernels, _ = _model_kernels(proto, backend)
-        profile = runner.kernel_profile(proto, feeds, kernel_owners(kernels), len(kernels), runs=5)
+        profile = runner.kernel_profile(proto, feeds, kernel_owners(kernels), len(kernels))
         whole = runner.time(ir.serde.serialize_model(ir.serde.deserialize_model(proto)), feeds)
         inside = float(profile.kernels.sum())
         heavy = [i for i, k in enumerate(kernels) if k.kind in ("conv", "depthwise", "gemm")]
