@@ -270,9 +270,16 @@ def _per_run(events: list[dict], spans: list[tuple[float, float]]) -> Iterator[t
 
 
 def _owner_of(name: str, owner: Mapping[str, int]) -> int | None:
-    """The kernel index of an ORT node name: its own, its output's (``_nchwc``), or its anchor's."""
+    """The kernel index of an ORT node name: its own, its output's (``_nchwc``), or its anchor's.
+
+    The QDQ and NHWC rewrites name a fused node after the node it replaced plus ``_token_<n>``
+    (``/stem/Conv_token_1`` is the QLinearConv of ``/stem/Conv``).
+    """
     if name in owner:
         return owner[name]
+    stem, _, token = name.rpartition("_token_")
+    if stem and token.isdigit():
+        return _owner_of(stem, owner)
     if name.endswith("_nchwc") and name[: -len("_nchwc")] in owner:
         return owner[name[: -len("_nchwc")]]
     while "/" in name.rstrip("/")[1:]:  # "matmul10/MatMulAddFusion" -> "matmul10"

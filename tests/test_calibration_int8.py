@@ -1,0 +1,59 @@
+"""Calibration of int8 (QDQ) kernels: what ONNX Runtime runs inside a quantized model, timed as such."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgeopt.targets import get_target
+from edgeopt.targets.calibration import bench
+from edgeopt.targets.calibration.calibrate import Calibrator, Settings, _model_kernels, kernel_owners
+from edgeopt.targets.calibration.networks import networks
+from edgeopt.targets.calibration.runners import make_runner
+
+
+def _quantized(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], folder: Path) -> onnx.ModelProto:
+    """``proto`` as onnxruntime.quantization writes a static QDQ model (what users deploy)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([feeds])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    source, target = folder / "fp32.onnx", folder / "int8.onnx"
+    onnx.save(proto, str(source))
+    quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return onnx.load(str(target))
+
+
+def test_profile_of_a_qdq_cnn_finds_every_quantized_conv(tmp_path: Path) -> None:
+    # ORT fuses DQ -> Conv -> Q into a QLinearConv named after the Conv plus "_token_<n>".
+    _name, proto, feeds = networks(2, seed=0)[1]
+    quantized = _quantized(proto, feeds, tmp_path)
+    kernels, _ = _model_kernels(quantized, "onnxruntime")
+    runner = make_runner("onnxruntime", "cpu", threads=1, budget_s=0.05, clock="cpu")
+    profile = runner.kernel_profile(quantized, feeds, kernel_owners(kernels), len(kernels))
+    convs = [i for i, k in enumerate(kernels) if k.kind in ("conv", "depthwise") and k.precision == "int8"]
+    assert len(convs) >= 3
+    assert all(profile.kernels[i] > 0 for i in convs)
+    assert profile.unattributed_s < 0.25 * float(profile.kernels.sum())
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_int8_maxpool_is_timed_as_a_quantized_cnn_runs_it(backend: str) -> None:
+    """After a quantized conv ORT runs an int8 MaxPool in NHWC; alone, its generic uint8 pool ran 50x slower."""
+    calibrator = Calibrator(get_target("host-cpu"), backend, Settings(threads=1, clock="cpu"))
+    params = {"op": "MaxPool", "c": 256, "hw": 28, "k": 5, "stride": 1}
+    for precision in ("fp32", "int8"):
+        calibrator._measure(bench.Spec("pooling", params, precision), seed=0)
+    fp32, int8 = calibrator.samples
+    assert (fp32.kind, int8.kind, int8.precision) == ("pooling", "pooling", "int8")
+    # The sample is the pool alone: not the context conv, not the generic NCHW kernel.
+    assert 0 < int8.seconds < 3 * fp32.seconds
