@@ -57,3 +57,16 @@ def test_int8_maxpool_is_timed_as_a_quantized_cnn_runs_it(backend: str) -> None:
     assert (fp32.kind, int8.kind, int8.precision) == ("pooling", "pooling", "int8")
     # The sample is the pool alone: not the context conv, not the generic NCHW kernel.
     assert 0 < int8.seconds < 3 * fp32.seconds
+
+
+def test_int8_conv_benchmark_reads_a_post_activation_input() -> None:
+    """Convs mostly read a Relu output: zero point 0, as a calibrated quantizer sets it (not mid-range)."""
+    from onnx import numpy_helper
+
+    spec = bench.Spec("conv", {"cin": 32, "cout": 32, "k": 3, "stride": 1, "hw": 14, "epilogue": "relu"}, "int8")
+    proto, feeds = bench.build(spec, 0)
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    first_q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear")
+    assert first_q.input[0] == proto.graph.input[0].name
+    assert inits[first_q.input[2]].item() == 0
+    assert all(float(v.min()) >= 0 for v in feeds.values())

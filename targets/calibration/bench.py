@@ -43,15 +43,17 @@ class _Builder:
         self.count += 1
         return f"{prefix}{self.count}"
 
-    def input(self, shape: tuple[int, ...], dtype: str = "float", high: int = 2) -> str:
+    def input(self, shape: tuple[int, ...], dtype: str = "float", high: int = 2, nonnegative: bool = False) -> str:
+        """A graph input; ``nonnegative`` for a post-activation tensor (int8: zero point 0)."""
         name = self.name("in")
         if dtype == "int64":
             self.inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, shape))
             self.feeds[name] = self.rng.integers(0, high, shape).astype(np.int64)
-        else:
-            self.inputs.append(helper.make_tensor_value_info(name, self.float_type, shape))
-            self.feeds[name] = self.rng.standard_normal(shape).astype(self.np_float)
-        return self.act(name) if dtype != "int64" else name
+            return name
+        self.inputs.append(helper.make_tensor_value_info(name, self.float_type, shape))
+        values = self.rng.standard_normal(shape)
+        self.feeds[name] = (np.abs(values) if nonnegative else values).astype(self.np_float)
+        return self.act(name, nonnegative=nonnegative)
 
     def const(self, array: np.ndarray, prefix: str = "c") -> str:
         name = self.name(prefix)
@@ -135,7 +137,9 @@ def _gelu(b: _Builder, x: str) -> str:
 
 def _conv(b: _Builder, p: dict[str, Any]) -> list[str]:
     cin, cout, k, s, hw, groups = p["cin"], p["cout"], p["k"], p["stride"], p["hw"], p.get("groups", 1)
-    x = b.input((1, cin, hw, hw))
+    # A CNN's convs mostly read a Relu/Clip output: in int8 its zero point is 0. OpenVINO's AMX
+    # conv ran 64x56x56 3x3 at 0.19 ms with a mid-range input zero point, 0.13 ms with 0.
+    x = b.input((1, cin, hw, hw), nonnegative=True)
     w = b.weight((cout, cin // groups, k, k))
     y = b.node("Conv", [x, w, b.const(np.zeros(cout, np.float32), "b")], kernel_shape=[k, k],
                strides=[s, s], pads=[k // 2] * 4, group=groups)
