@@ -84,14 +84,21 @@ def estimate_command(
                   f"{estimate.peak_activation_bytes / 2**20:.2f} MiB, weights {estimate.weight_bytes / 2**20:.2f} MiB, "
                   f"energy {energy}; {source}")
     if compare:
-        measured = _measure(spec, cost, model, loaded, bindings)
+        measured, speed = _measure(spec, cost, model, loaded, bindings)
         error = estimate.latency_s / measured - 1
         console.print(f"measured {measured * 1e3:.3f} ms on {cost.backend} vs predicted "
                       f"{estimate.latency_s * 1e3:.3f} ms: error {error * 100:+.1f}%")
+        if speed is not None:
+            # The calibration's reference networks, timed again now: a shift of the machine's own
+            # speed (other jobs, throttling) shows apart from the cost model's error.
+            console.print(f"machine speed: the calibration's reference networks run x{speed:.3f} their time at "
+                          f"calibration; error at that speed {(estimate.latency_s * speed / measured - 1) * 100:+.1f}%")
 
 
-def _measure(spec, cost, path: Path, loaded, bindings: dict[str, int]) -> float:
+def _measure(spec, cost, path: Path, loaded, bindings: dict[str, int]) -> tuple[float, float | None]:
+    """Measured seconds of ``path``, and how much slower the machine runs than at calibration (or None)."""
     from edgeopt.ir import ReferenceExecutor
+    from edgeopt.targets.calibration.reference import reference_seconds, speed_ratio
     from edgeopt.targets.calibration.runners import make_runner
 
     if spec.detect != "host":
@@ -100,7 +107,10 @@ def _measure(spec, cost, path: Path, loaded, bindings: dict[str, int]) -> float:
     clock = cost.calibration.clock if cost.calibration is not None else "wall"  # measure as calibration did
     runner = make_runner(cost.backend, "cpu", threads, budget_s=1.0, clock=clock)
     feeds = ReferenceExecutor().generate_inputs(loaded, bindings=bindings)
-    return runner.time(path, feeds)
+    measured = runner.time(path, feeds)
+    if cost.calibration is None or not cost.calibration.reference_s:
+        return measured, None
+    return measured, speed_ratio(reference_seconds(runner, rounds=1), cost.calibration)
 
 
 @app.command("calibrate")

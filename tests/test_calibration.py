@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -288,6 +289,10 @@ def test_quick_calibration_round_trip(quick_calibration: tuple[Path, str], tmp_p
     assert len(in_model) == calibration.validation["in_model_samples"] > 10
     assert {s.kind for s in in_model} >= {"conv", "gemm"} and all(s.seconds > 0 for s in in_model)
     assert len(calibration.validation["composition_profiles"]) == 3  # --quick times three networks
+    # The machine-speed probe, at the start and at the end, stored with the file.
+    probes = calibration.validation["reference_probes_s"]
+    assert len(probes) == 2 and all(p > 0 for p in probes)
+    assert calibration.reference_s == pytest.approx(float(np.mean(probes)))
     assert find_calibration(get_target("host-cpu"), "onnxruntime").path == path
     model = load_model_from(make_conv_bn_model(batch=1), tmp_path)
     target = get_target("host-cpu")
@@ -306,6 +311,9 @@ def test_estimate_cli_table_and_compare(quick_calibration: tuple[Path, str], con
     assert "dead_mul" not in out  # dead code is no kernel
     assert "peak activations" in out and "calibrated (" in out
     assert "measured" in out and "vs predicted" in out
+    # The calibration's reference networks are timed again: the machine's drift is shown apart.
+    drift = re.search(r"reference networks run x(\d+\.\d+)", out)
+    assert drift and 0.3 < float(drift.group(1)) < 3.0 and "error at that speed" in out
     int8 = edgeopt_cli("estimate", conv_bn_path, "--target", "jetson-orin-nx", "--precision", "int8")
     assert int8.code == 0, int8.stderr
     assert "int8" in int8.stdout and "uncalibrated defaults" in int8.stdout and "mJ" in int8.stdout

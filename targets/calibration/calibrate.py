@@ -38,6 +38,7 @@ from edgeopt.targets.calibration.fit import (
     lines_for,
 )
 from edgeopt.targets.calibration.networks import networks
+from edgeopt.targets.calibration.reference import ROUNDS, reference_id, reference_seconds
 from edgeopt.targets.calibration.runners import KernelProfile, Runner, make_runner
 from edgeopt.targets.calibration.store import Calibration, host_fingerprint
 from edgeopt.targets.catalog import Target
@@ -162,6 +163,8 @@ class Calibrator:
         tiny = bench.Spec("elementwise", {"op": "Add", "shape": [1, 1]})
         proto, feeds = bench.build(tiny)
         self.overhead_s = min(self.runner.time(proto, feeds) for _ in range(3))
+        # The machine's speed at the start and at the end (reference.py): later runs compare against it.
+        probes = [reference_seconds(self.runner, 1 if s.quick else ROUNDS)]
 
         precisions = _precisions(self.target, self.backend)
         scale = 0.1 if s.quick else 1.0
@@ -199,6 +202,7 @@ class Calibrator:
                 self.progress(f"adaptive sampling, round {round_ + 1}", j + 1, len(worst))
         isolated_count = len(self.samples)
         nets = self._time_networks()
+        probes.append(reference_seconds(self.runner, 1 if s.quick else ROUNDS))
         # Kernels profiled inside the networks train the predictor beside the lone-kernel samples:
         # they ran with the cache state and neighbours a model gives them.
         self.samples += [sample for net in nets for sample in net.in_model_samples()]
@@ -218,11 +222,12 @@ class Calibrator:
             validation={"heldout": scores, "samples": len(self.samples), "failed": self.failed,
                         "in_model_samples": len(self.samples) - isolated_count,
                         "run_overhead_measured_s": self.overhead_s, "quick": s.quick,
+                        "reference_probes_s": probes, "reference_id": reference_id(),
                         "statistic": s.statistic,
                         "composition_rows": [[*dataclasses.astuple(t), m, b] for t, m, b in rows],
                         "composition_profiles": [{c: list(v) for c, v in p.items()} for p in profiles]},
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), wall_s=wall,
-            device=self.target.description)
+            device=self.target.description, reference_s=float(np.mean(probes)))
 
     def _time_networks(self) -> list[TimedNetwork]:
         """Each composition network's kernels, layout bytes and measured seconds, and its kernels' profile.

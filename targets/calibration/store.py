@@ -64,6 +64,7 @@ class Calibration:
     created: str = ""
     wall_s: float = 0.0
     device: str = ""
+    reference_s: float = 0.0  # the reference networks' time at calibration (reference.py); 0: not probed
     path: Path | None = None
 
     def predictor(self, target: Target):
@@ -74,7 +75,7 @@ class Calibration:
                 "fingerprint": self.fingerprint, "device": self.device, "device_kind": self.device_kind,
                 "created": self.created, "runtime": self.runtime, "threads": self.threads,
                 "clock": self.clock, "method": self.method, "validation": self.validation, "factors": self.factors,
-                "composition": self.composition, "wall_s": self.wall_s,
+                "composition": self.composition, "wall_s": self.wall_s, "reference_s": self.reference_s,
                 "samples": [s.to_dict() for s in self.samples]}
 
     def save(self, path: Path | None = None) -> Path:
@@ -221,7 +222,7 @@ def parse_calibration(data: Any, where: Path) -> Calibration:
         samples=samples, device_kind=str(data.get("device_kind", "cpu")), threads=data.get("threads"),
         clock=str(clock), runtime=dict(data.get("runtime") or {}), validation=dict(data.get("validation") or {}),
         created=str(data.get("created", "")), wall_s=float(data.get("wall_s") or 0.0),
-        device=str(data.get("device", "")), path=where)
+        device=str(data.get("device", "")), reference_s=float(data.get("reference_s") or 0.0), path=where)
 
 
 def read_calibration(path: Path) -> Calibration:

@@ -10,7 +10,11 @@
 3. predict and measure >= 8 variants of a ResNet-18: width-pruned (torch module built at
    several widths), other input resolutions, INT8 QDQ (onnxruntime.quantization) and FP16;
 4. print predicted, measured and error per model, the share within ±10%, Kendall tau over the
-   variants (scipy.stats.kendalltau) and the calibration's wall time.
+   variants (scipy.stats.kendalltau) and the calibration's wall time;
+5. beside them, the error once the machine's own drift is taken out: the reference networks
+   (calibration/reference.py) are timed in the models' rounds and at calibration, and their
+   ratio scales the predictions. The bars are judged on the raw error; the drift-adjusted
+   column shows how much of a miss is the machine's speed rather than the model.
 
 Measurement uses the runner calibration uses: the product's session options (ORT_ENABLE_ALL /
 OpenVINO LATENCY hint) and a fixed thread count (2). ``--clock cpu`` times one-thread CPU time
@@ -36,6 +40,7 @@ from edgeopt.ir import load_model
 from edgeopt.targets import get_target
 from edgeopt.targets.calibration import read_calibration
 from edgeopt.targets.calibration.calibrate import calibrate
+from edgeopt.targets.calibration.reference import prepared_reference, reference_total, speed_ratio
 from edgeopt.targets.calibration.runners import make_runner
 from edgeopt.targets.cost import CostModel
 from tools.zoo import ZOO, build, example_inputs
@@ -123,8 +128,12 @@ def models(folder: Path, only: set[str] | None) -> tuple[list, list]:
     return zoo, variants
 
 
-def evaluate(cost: CostModel, runner, entries: list, group: str, rounds: int = 3) -> list[dict]:
+def evaluate(cost: CostModel, runner, entries: list, group: str, rounds: int = 3,
+             reference: list | None = None) -> tuple[list[dict], float]:
     """Predict each model, then time them all in ``rounds`` interleaved rounds and keep each one's median.
+
+    The prepared ``reference`` networks (calibration/reference.py) are timed in the same rounds;
+    returns the rows and the reference's seconds now (0 without one).
 
     Timing every model once per round, instead of each model in one go, spreads each model's
     measurement over the whole run: on this shared machine memory-bound models re-time 10-30 %
@@ -139,12 +148,14 @@ def evaluate(cost: CostModel, runner, entries: list, group: str, rounds: int = 3
     runs = [(runner.prepare(path), feeds) for _, path, feeds in entries]
 
     def report(round_: int, done: int) -> None:
-        if done == len(runs):
+        if done == len(runs) + len(reference):
             print(f"  {group}: timing round {round_ + 1}/{rounds} done", flush=True)
 
-    times = runner.interleaved(runs, rounds, report)
+    reference = reference or []
+    times = runner.interleaved(runs + reference, rounds, report)
+    reference_now = reference_total(times[len(runs):]) if reference else 0.0
     rows = []
-    for (name, _, _), estimate, measured_runs in zip(entries, estimates, times, strict=True):
+    for (name, _, _), estimate, measured_runs in zip(entries, estimates, times[:len(runs)], strict=True):
         predicted, measured = estimate.latency_s, float(np.median(measured_runs))
         rows.append({"group": group, "model": name, "gflops": estimate.flops / 1e9, "kernels": len(estimate.kernels),
                      "predicted_ms": predicted * 1e3, "measured_ms": measured * 1e3,
@@ -152,23 +163,40 @@ def evaluate(cost: CostModel, runner, entries: list, group: str, rounds: int = 3
                      "error_pct": (predicted / measured - 1) * 100})
         print(f"  {group:<8} {name:<22} predicted {predicted * 1e3:9.2f} ms  measured {measured * 1e3:9.2f} ms  "
               f"error {(predicted / measured - 1) * 100:+6.1f}%", flush=True)
-    return rows
+    return rows, reference_now
 
 
-def score_against(target, backend: str, path: Path, loaded: list, rows: list[dict]) -> dict:
+def adjust_for_drift(rows: list[dict], speed: float | None) -> None:
+    """Each row's error with the prediction scaled by the machine's slowdown since calibration."""
+    for row in rows:
+        row["speed_ratio"] = speed
+        row["drift_adjusted_error_pct"] = (row["predicted_ms"] * speed / row["measured_ms"] - 1) * 100 \
+            if speed else None
+
+
+def score_against(target, backend: str, path: Path, loaded: list, rows: list[dict],
+                  reference_now: float = 0.0) -> dict:
     """Another calibration file's predictions scored against the timings ``rows`` already hold.
 
     Calibration-to-calibration spread, with the machine's drift between bench runs taken out:
     every file is scored against the same measurements. ``loaded``: (name, model, bindings).
     """
-    cost = CostModel(target, backend, read_calibration(path))
-    errors = {}
+    calibration = read_calibration(path)
+    cost = CostModel(target, backend, calibration)
+    speed = speed_ratio(reference_now, calibration)
+    errors, adjusted = {}, {}
     for (name, model, bindings), row in zip(loaded, rows, strict=True):
         cost.bindings = bindings
-        errors[name] = (cost.estimate(model).latency_s * 1e3 / row["measured_ms"] - 1) * 100
+        predicted = cost.estimate(model).latency_s * 1e3
+        errors[name] = (predicted / row["measured_ms"] - 1) * 100
+        if speed:
+            adjusted[name] = (predicted * speed / row["measured_ms"] - 1) * 100
     values = np.abs(list(errors.values()))
-    return {"calibration": str(path), "within_10pct": float(np.mean(values <= 10)),
-            "mean_abs_error_pct": float(np.mean(values)), "error_pct": errors}
+    out = {"calibration": str(path), "within_10pct": float(np.mean(values <= 10)),
+           "mean_abs_error_pct": float(np.mean(values)), "error_pct": errors, "speed_ratio": speed}
+    if speed:
+        out["drift_adjusted_within_10pct"] = float(np.mean(np.abs(list(adjusted.values())) <= 10))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,10 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     cost = CostModel(target, a.backend, calibration)
     runner = make_runner(a.backend, "cpu", a.threads, budget_s=2.0 / a.rounds, statistic=a.statistic,
                          clock=a.clock)
-    rows = evaluate(cost, runner, zoo, "zoo", a.rounds) + evaluate(cost, runner, variants, "variant", a.rounds)
-    held = [r for r in rows if r["group"] == "zoo"]
+    reference = prepared_reference(runner)
+    held, reference_zoo = evaluate(cost, runner, zoo, "zoo", a.rounds, reference)
+    var, reference_variants = evaluate(cost, runner, variants, "variant", a.rounds, reference)
+    speed = speed_ratio(reference_zoo, calibration)
+    adjust_for_drift(held, speed)
+    adjust_for_drift(var, speed_ratio(reference_variants, calibration))
+    rows = held + var
     within = float(np.mean([abs(r["error_pct"]) <= 10 for r in held])) if held else 0.0
-    var = [r for r in rows if r["group"] == "variant"]
+    adjusted = float(np.mean([abs(r["drift_adjusted_error_pct"]) <= 10 for r in held])) if held and speed else None
     tau = float(kendalltau([r["predicted_ms"] for r in var], [r["measured_ms"] for r in var]).statistic)
     summary = {"backend": a.backend, "method": calibration.method, "statistic": a.statistic, "clock": a.clock,
                "threads": runner.threads,
@@ -216,32 +249,42 @@ def main(argv: list[str] | None = None) -> int:
                "calibration_samples": len(calibration.samples), "within_10pct": within,
                "within_10pct_all": float(np.mean([abs(r["error_pct"]) <= 10 for r in rows])),
                "kendall_tau": tau, "variants": len(var), "held_out": len(held),
+               "speed_ratio": speed, "drift_adjusted_within_10pct": adjusted,
                "bars": {"within_10pct": within >= BARS["within_10pct"], "kendall_tau": tau >= BARS["kendall_tau"],
                         "calibration_s": calibration.wall_s <= BARS["calibration_s"]}}
     lines = [f"### Cost model on host-cpu / {a.backend} (calibration: {calibration.method}, "
              f"{len(calibration.samples)} kernels, {calibration.wall_s:.0f} s; clock {a.clock}, "
              f"{runner.threads} thread(s), {a.statistic}, median of {a.rounds} interleaved rounds)", "",
-             "| group | model | GFLOPs | kernels | predicted ms | measured ms | error |",
-             "|---|---|---|---|---|---|---|"]
+             "| group | model | GFLOPs | kernels | predicted ms | measured ms | error | drift-adjusted |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['group']} | {r['model']} | {r['gflops']:.2f} | {r['kernels']} | {r['predicted_ms']:.2f} | "
-              f"{r['measured_ms']:.2f} | {r['error_pct']:+.1f}% |" for r in rows]
+              f"{r['measured_ms']:.2f} | {r['error_pct']:+.1f}% | " +
+              (f"{r['drift_adjusted_error_pct']:+.1f}% |" if r["speed_ratio"] else "- |") for r in rows]
     lines += ["", f"held-out zoo models within ±10%: {within * 100:.0f}% ({len(held)} models; bar 80%) — "
               f"{'PASS' if summary['bars']['within_10pct'] else 'FAIL'}",
               f"Kendall tau over {len(var)} ResNet-18 variants: {tau:.3f} (bar 0.85) — "
               f"{'PASS' if summary['bars']['kendall_tau'] else 'FAIL'}",
               f"calibration wall time: {calibration.wall_s:.0f} s (bar 600 s) — "
               f"{'PASS' if summary['bars']['calibration_s'] else 'FAIL'}"]
+    if speed:
+        # Not a bar of its own: what the zoo share is once the machine's own drift is taken out.
+        lines += [f"reference networks: {reference_zoo * 1e3:.2f} ms now, {calibration.reference_s * 1e3:.2f} ms at "
+                  f"calibration (machine x{speed:.3f}); within ±10% with predictions scaled by it: "
+                  f"{adjusted * 100:.0f}%"]
     # The run's own calibration first, so the table compares like with like.
     loaded = [(name, model, _bindings(model, feeds)) for name, model, feeds in
               ((name, load_model(path), feeds) for name, path, feeds in zoo)] if a.also else []
-    also = [score_against(target, a.backend, Path(path), loaded, rows[:len(zoo)])
+    also = [score_against(target, a.backend, Path(path), loaded, rows[:len(zoo)], reference_zoo)
             for path in ([calibration.path, *a.also] if a.also else [])]
     if also:
         lines += ["", "Same zoo timings, other calibrations:", "",
-                  "| calibration | within ±10% | mean abs error | " + " | ".join(n for n, _, _ in zoo) + " |",
-                  "|---|---|---|" + "---|" * len(zoo)]
+                  "| calibration | within ±10% | drift-adjusted | mean abs error | "
+                  + " | ".join(n for n, _, _ in zoo) + " |",
+                  "|---|---|---|---|" + "---|" * len(zoo)]
         lines += [f"| {Path(x['calibration']).name} | {x['within_10pct'] * 100:.0f}% | "
-                  f"{x['mean_abs_error_pct']:.1f}% | " + " | ".join(f"{x['error_pct'][n]:+.1f}%" for n, _, _ in zoo)
+                  + (f"{x['drift_adjusted_within_10pct'] * 100:.0f}% (x{x['speed_ratio']:.3f}) | "
+                     if x["speed_ratio"] else "- | ")
+                  + f"{x['mean_abs_error_pct']:.1f}% | " + " | ".join(f"{x['error_pct'][n]:+.1f}%" for n, _, _ in zoo)
                   + " |" for x in also]
         summary["also"] = also
     print("\n".join(lines))

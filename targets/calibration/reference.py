@@ -1,0 +1,62 @@
+"""Machine-speed probe: fixed reference networks timed with every calibration and beside later runs.
+
+A calibration carries the speed its machine had in its minutes. On a shared or throttling
+machine (other tenants on the caches, a Jetson's power mode or temperature) that speed moves:
+on the 2-core machines these figures come from, a ResNet-18 re-timed 22.7 and 26.6 ms (+17 %)
+in two runs an hour apart, and every model of a run shifted by the same few percent. Timing the
+same networks at calibration and beside a later measurement tells such a shift from a wrong
+prediction; ``speed_ratio`` is how much slower the machine runs now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+
+from edgeopt.targets.calibration.networks import networks
+from edgeopt.targets.calibration.runners import Runner
+from edgeopt.targets.calibration.store import Calibration
+
+REFERENCE_SEED = 97  # two CNNs and a transformer stack (networks(3)): 54 ms together here (one thread)
+ROUNDS = 3
+
+Run = tuple[Callable[[dict[str, np.ndarray]], object], dict[str, np.ndarray]]
+
+
+def reference_networks() -> list[tuple[str, onnx.ModelProto, dict[str, np.ndarray]]]:
+    return networks(3, seed=REFERENCE_SEED)
+
+
+def reference_id() -> str:
+    """What the reference networks are: a stored time compares only with a time of the same networks."""
+    digest = hashlib.sha256()
+    for _name, proto, _feeds in reference_networks():
+        digest.update(proto.SerializeToString(deterministic=True))
+    return digest.hexdigest()[:12]
+
+
+def prepared_reference(runner: Runner) -> list[Run]:
+    """The reference networks loaded by ``runner``, to time among other models (``Runner.interleaved``)."""
+    return [(runner.prepare(proto), feeds) for _name, proto, feeds in reference_networks()]
+
+
+def reference_total(times: list[list[float]]) -> float:
+    """Seconds of one pass over the reference networks: the sum of each one's median over rounds."""
+    return float(sum(np.median(t) for t in times))
+
+
+def reference_seconds(runner: Runner, rounds: int = ROUNDS) -> float:
+    return reference_total(runner.interleaved(prepared_reference(runner), rounds))
+
+
+def speed_ratio(now_s: float, calibration: Calibration) -> float | None:
+    """How many times slower the machine runs now than at ``calibration``.
+
+    None where the file has no probe or probed other networks (another edgeopt version).
+    """
+    if calibration.reference_s <= 0 or now_s <= 0 or calibration.validation.get("reference_id") != reference_id():
+        return None
+    return now_s / calibration.reference_s
