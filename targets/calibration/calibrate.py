@@ -1,6 +1,7 @@
 """`edgeopt calibrate`: measure kernel micro-benchmarks on this machine and fit the cost model.
 
-1. time an empty-ish model: the per-run overhead every benchmark pays;
+1. time an empty-ish model: the per-run overhead every benchmark pays; time the reference
+   networks (reference.py), again at the end: the machine's speed during this calibration;
 2. time sampled kernels of every class and precision the backend runs (bench.py);
    a benchmark's extra kernels (the Q at an int8 model's input, …) are subtracted
    with the elementwise fit so each sample is one kernel's own time;

@@ -160,18 +160,22 @@ def evaluate(cost: CostModel, runner, entries: list, group: str, rounds: int = 3
         rows.append({"group": group, "model": name, "gflops": estimate.flops / 1e9, "kernels": len(estimate.kernels),
                      "predicted_ms": predicted * 1e3, "measured_ms": measured * 1e3,
                      "measured_rounds_ms": [t * 1e3 for t in measured_runs],
-                     "error_pct": (predicted / measured - 1) * 100})
+                     "error_pct": error_pct(predicted, measured)})
         print(f"  {group:<8} {name:<22} predicted {predicted * 1e3:9.2f} ms  measured {measured * 1e3:9.2f} ms  "
-              f"error {(predicted / measured - 1) * 100:+6.1f}%", flush=True)
+              f"error {error_pct(predicted, measured):+6.1f}%", flush=True)
     return rows, reference_now
 
 
+def error_pct(predicted_ms: float, measured_ms: float, speed: float = 1.0) -> float:
+    """Prediction error in percent; ``speed`` scales the prediction by the machine's slowdown since calibration."""
+    return (predicted_ms * speed / measured_ms - 1) * 100
+
+
 def adjust_for_drift(rows: list[dict], speed: float | None) -> None:
-    """Each row's error with the prediction scaled by the machine's slowdown since calibration."""
+    """Each row's error at the machine's speed now (None without a reference at calibration)."""
     for row in rows:
         row["speed_ratio"] = speed
-        row["drift_adjusted_error_pct"] = (row["predicted_ms"] * speed / row["measured_ms"] - 1) * 100 \
-            if speed else None
+        row["drift_adjusted_error_pct"] = error_pct(row["predicted_ms"], row["measured_ms"], speed) if speed else None
 
 
 def score_against(target, backend: str, path: Path, loaded: list, rows: list[dict],
@@ -188,9 +192,9 @@ def score_against(target, backend: str, path: Path, loaded: list, rows: list[dic
     for (name, model, bindings), row in zip(loaded, rows, strict=True):
         cost.bindings = bindings
         predicted = cost.estimate(model).latency_s * 1e3
-        errors[name] = (predicted / row["measured_ms"] - 1) * 100
+        errors[name] = error_pct(predicted, row["measured_ms"])
         if speed:
-            adjusted[name] = (predicted * speed / row["measured_ms"] - 1) * 100
+            adjusted[name] = error_pct(predicted, row["measured_ms"], speed)
     values = np.abs(list(errors.values()))
     out = {"calibration": str(path), "within_10pct": float(np.mean(values <= 10)),
            "mean_abs_error_pct": float(np.mean(values)), "error_pct": errors, "speed_ratio": speed}
