@@ -10,6 +10,7 @@ prediction; ``speed_ratio`` is how much slower the machine runs now.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 
@@ -30,6 +31,7 @@ def reference_networks() -> list[tuple[str, onnx.ModelProto, dict[str, np.ndarra
     return networks(3, seed=REFERENCE_SEED)
 
 
+@functools.cache  # the networks are fixed: build and hash them once per process
 def reference_id() -> str:
     """What the reference networks are: a stored time compares only with a time of the same networks."""
     digest = hashlib.sha256()

@@ -4,7 +4,7 @@ Runners time whole (tiny) models end to end with the session options the product
 uses (ONNX Runtime: ORT_ENABLE_ALL; OpenVINO: the LATENCY hint) and a fixed thread
 count, so calibration and ``estimate --compare`` measure the same thing. GPU runners
 (ORT CUDA / TensorRT execution providers) are guarded: without the runtime or a GPU
-they fail with one line before any work.
+they fail with one line before any work. The OpenVINO runner is in openvino_runner.py.
 
 Two clocks: ``wall`` (perf_counter, what a user sees on an idle machine) and ``cpu``
 (the process's CPU time with one thread). On a shared machine other jobs preempt a
@@ -302,141 +302,6 @@ class TensorRTRunner(OnnxRuntimeRunner):
     profiles_kernels = False
 
 
-_OV_LAYOUT = {"Reorder", "Parameter", "Result"}
-
-
-class OpenVinoRunner(Runner):
-    backend = "openvino"
-    profiles_kernels = True
-
-    def __init__(self, threads: int | None = 2, budget_s: float = 0.25, max_repeats: int = 200,
-                 statistic: str = "median", clock: str = "wall", device: str = "CPU") -> None:
-        super().__init__(threads, budget_s, max_repeats, statistic, clock)
-        try:
-            import openvino as ov
-        except ImportError:
-            raise TargetError("backend 'openvino': the openvino package is not installed "
-                              "(pip install 'edgeopt[openvino]')") from None
-        self.core = ov.Core()
-        if device not in self.core.available_devices:
-            raise TargetError(f"backend 'openvino': device {device} not available "
-                              f"(found: {', '.join(self.core.available_devices)})")
-        self.ov_device = device
-
-    def _config(self) -> dict[str, object]:
-        # f32 kernels, as the cost model's "fp32" means: on CPUs with AVX-512 BF16 or AMX the plugin
-        # would otherwise run bf16, with other kernels (the MHA Subgraph then leaves its output
-        # Transpose apart) and other timings than the f32 artifact the emitter validates.
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-        if self.threads:
-            config["INFERENCE_NUM_THREADS"] = self.threads
-        return config
-
-    def _compile(self, model: onnx.ModelProto | Path, **extra: object):
-        """The model compiled for the device with the runner's config (OpenVINO reads ONNX from a file)."""
-        config = {**self._config(), **extra}
-        if isinstance(model, Path):
-            return self.core.compile_model(str(model), self.ov_device, config)
-        with tempfile.TemporaryDirectory(prefix="edgeopt-ov-") as folder:
-            path = Path(folder) / "model.onnx"
-            onnx.save(model, str(path))
-            return self.core.compile_model(str(path), self.ov_device, config)
-
-    def prepare(self, model: onnx.ModelProto | Path):
-        compiled = self._compile(model)
-        request = compiled.create_infer_request()
-        names = _ov_input_names(compiled)
-        return lambda feeds: request.infer({k: v for k, v in feeds.items() if k in names})
-
-    def kernel_time(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float:
-        """Median per-run sum of OpenVINO's per-node timings (PERF_COUNT), layout reorders excluded."""
-        compiled = self._compile(model, PERF_COUNT=True)
-        request = compiled.create_infer_request()
-        names = _ov_input_names(compiled, feeds)
-        feeds = {k: v for k, v in feeds.items() if k in names}
-        for _ in range(3):
-            request.infer(feeds)
-        kernel: list[float] = []
-        every: list[float] = []
-        cpu: list[float] = []
-        deadline = time.perf_counter() + self.budget_s
-        while len(kernel) < 5 or (time.perf_counter() < deadline and len(kernel) < self.max_repeats):
-            began = time.process_time()
-            request.infer(feeds)
-            cpu.append(time.process_time() - began)
-            executed = [p for p in request.profiling_info if str(p.status).endswith("EXECUTED")]
-            kernel.append(sum(p.real_time.total_seconds() for p in executed if p.node_type not in _OV_LAYOUT))
-            every.append(sum(p.real_time.total_seconds() for p in executed))
-        if self.clock == "wall":
-            return self.reduce(kernel)
-        # PERF_COUNT's cpu_time is the wall span on the CPU plugin: scale the run's CPU time by
-        # the kernels' share instead (see OnnxRuntimeRunner.kernel_time).
-        share = self.reduce(kernel) / self.reduce(every) if self.reduce(every) > 0 else 1.0
-        return min(self.reduce(kernel), self.reduce(cpu) * share)
-
-    def kernel_profile(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], owner: Mapping[str, int],
-                       count: int, runs: int = 15) -> KernelProfile:
-        """Each of ``count`` kernels' median seconds inside ``model``, from PERF_COUNT.
-
-        The CPU plugin renames what it fuses (a conv with its folded BatchNormalization runs as
-        ``Multiply_5194``); the executed graph's ``originalLayersNames`` lists the ONNX nodes each
-        executed node took in, which ``owner`` maps to kernels. PERF_COUNT slows small kernels (a
-        0.4 ms transformer stack profiled at 0.66 ms): calibration scales a profile into the
-        unprofiled run time (``KernelProfile.within``).
-        """
-        compiled = self._compile(model, PERF_COUNT=True)
-        took_in: dict[str, list[str]] = {}
-        for op in compiled.get_runtime_model().get_ops():
-            info = op.get_rt_info()
-            names = info["originalLayersNames"].astype(str) if "originalLayersNames" in info else ""
-            took_in[op.get_friendly_name()] = [n for n in names.split(",") if n]
-        request = compiled.create_infer_request()
-        feeds = {k: v for k, v in feeds.items() if k in _ov_input_names(compiled, feeds)}
-        for _ in range(3):
-            request.infer(feeds)
-        per_run = np.zeros((runs, count))
-        reorder, unattributed, cpu, wall = np.zeros(runs), np.zeros(runs), [], []
-        for i in range(runs):
-            began, began_cpu = time.perf_counter(), time.process_time()
-            request.infer(feeds)
-            cpu.append(time.process_time() - began_cpu)
-            wall.append(time.perf_counter() - began)
-            for info in request.profiling_info:
-                if not str(info.status).endswith("EXECUTED") or info.node_type in ("Parameter", "Result"):
-                    continue
-                seconds = info.real_time.total_seconds()
-                index = next((owner[n] for n in (info.node_name, *took_in.get(info.node_name, ())) if n in owner),
-                             None)
-                if index is not None:
-                    per_run[i, index] += seconds
-                elif info.node_type == "Reorder":
-                    reorder[i] += seconds
-                else:
-                    unattributed[i] += seconds
-        ratio = min(1.0, float(np.median(cpu) / np.median(wall))) if self.clock == "cpu" else 1.0
-        return KernelProfile.median_of(per_run, reorder, unattributed, ratio)
-
-    def runtime(self) -> dict[str, str]:
-        import openvino as ov
-
-        return {"openvino": ov.__version__}
-
-
-def _ov_input_names(compiled, feeds: Mapping[str, np.ndarray] | None = None) -> set[str]:
-    """Every name of every input (an input feeding a Cast has several); checks ``feeds`` cover them.
-
-    OpenVINO runs a request with an input left unset on whatever its buffer holds, and a
-    model that is never fed times in microseconds: a missing feed must fail, not mislead.
-    """
-    names: set[str] = set()
-    for port in compiled.inputs:
-        own = set(port.get_names())
-        if feeds is not None and not own & set(feeds):
-            raise TargetError(f"backend 'openvino': no input data for model input '{port.get_any_name()}'")
-        names |= own
-    return names
-
-
 def make_runner(backend: str, device_kind: str, threads: int | None = 2, budget_s: float = 0.25,
                 statistic: str = "median", clock: str = "wall") -> Runner:
     """The runner for ``backend`` on this machine, or a one-line TargetError saying why there is none."""
@@ -448,6 +313,8 @@ def make_runner(backend: str, device_kind: str, threads: int | None = 2, budget_
     if backend == "tensorrt":
         return TensorRTRunner(threads, budget_s, statistic=statistic, clock=clock)
     if backend == "openvino":
+        from edgeopt.targets.calibration.openvino_runner import OpenVinoRunner  # it builds on Runner
+
         return OpenVinoRunner(threads, budget_s, statistic=statistic, clock=clock)
     raise TargetError(f"calibrate: no timing runner for backend '{backend}' yet "
                       "(supported: onnxruntime, openvino, tensorrt)")
