@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from edgeopt.ir.errors import UserError
 from edgeopt.ir.model_io import load_model
 from edgeopt.ir.reference import ReferenceExecutor
 from edgeopt.targets import get_emitter
+from edgeopt.targets.host import read_host
 from tests.conftest import run_edgeopt
 from tools.zoo import build
 
@@ -67,6 +69,12 @@ def test_tvm_build_runs_in_relax_vm_and_matches_reference(paddle_resnet: Path, t
     config = json.loads((tmp_path / "tvm_config.json").read_text())
     assert config["target"]["kind"] == "llvm" and config["target"]["mcpu"] != "native"
     assert config["input_shapes"] == {"images": [1, 3, 32, 32]}
+    # TVM's pool defaults to half the logical CPUs on x86: one thread on a 2-core VM without SMT.
+    import tvm
+
+    cores = read_host().physical_cores
+    assert config["threads"] == cores and config["environment"]["TVM_NUM_THREADS"] == str(cores)
+    assert tvm.runtime.num_threads() == int(os.environ.get("TVM_NUM_THREADS", cores))
 
 
 def test_exported_library_loads_and_runs(paddle_resnet: Path, tmp_path: Path) -> None:
@@ -128,7 +136,7 @@ def test_target_strings_become_tvm_target_dicts() -> None:
     assert gpu["arch"] == "sm_87" and gpu["host"]["mcpu"] == "cortex-a78"
     assert not tvm_tuning.runs_here(spec)
     native = tvm_tuning.parse_target("llvm -mcpu=native")
-    assert tvm_tuning.runs_here(native) and native["num-cores"] >= 1
+    assert tvm_tuning.runs_here(native) and native["num-cores"] == read_host().physical_cores
     with pytest.raises(UserError, match="bad target option 'mcpu'"):
         tvm_tuning.parse_target("llvm mcpu")
 

@@ -99,6 +99,12 @@ class TvmEmitter(Emitter):
             notes.append(f"nvcc not found: built for the host CPU ({opts.host}) instead of {opts.target}")
             spec = tvm_tuning.parse_target(opts.host, num_cores=opts.num_cores)
         target = tvm.target.Target(spec)
+        here = tvm_tuning.runs_here(spec)
+        # Before TVM runs anything: tuning measurements and the validation run use every core.
+        wanted = tvm_tuning.runtime_threads(spec if here else {"kind": "llvm"})
+        threads = tvm_tuning.use_threads(wanted)
+        if threads != wanted:
+            notes.append(f"TVM's runtime runs {threads} threads here (TVM_NUM_THREADS), not {wanted}")
 
         clean = model.clone()
         cleanup = get_pass("cleanup")
@@ -116,7 +122,7 @@ class TvmEmitter(Emitter):
                 / tvm_tuning.model_hash(payload, shapes, _preparation(target, opts.layout)))
         record = tvm_tuning.TuningRecord.load(work)
         if opts.trials > record.trials:
-            if tvm_tuning.runs_here(spec):
+            if here:
                 asked, seconds, tasks = tvm_tuning.tune(prepared, target, work, opts.trials - record.trials,
                                                         opts.trials_per_task, opts.tuning_seconds)
                 record = tvm_tuning.TuningRecord(record.trials + asked, record.seconds + seconds, tasks)
@@ -138,10 +144,13 @@ class TvmEmitter(Emitter):
             notes.append(export_note)
         config = {"library": artifact.name, "target": spec, "input_shapes": shapes, "tvm_version": tvm.__version__,
                   "tuning": {"database": str(work), "trials": record.trials, "seconds": round(record.seconds, 1)},
-                  "load": "ex = tvm.runtime.load_module('model.so'); vm = tvm.relax.VirtualMachine(ex, tvm.cpu())"}
+                  "threads": _device_threads(spec),
+                  "load": "ex = tvm.runtime.load_module('model.so'); vm = tvm.relax.VirtualMachine(ex, tvm.cpu())",
+                  # TVM's pool otherwise takes half the logical CPUs on x86 (see tvm_tuning.use_threads).
+                  "environment": {"TVM_NUM_THREADS": str(_device_threads(spec) or "<the device's core count>")}}
         config_path = folder / "tvm_config.json"
         config_path.write_text(json.dumps(config, indent=2) + "\n")
-        self._executable = executable if tvm_tuning.runs_here(spec) else None
+        self._executable = executable if here else None
         return EmitResult("tvm", artifact, files=[artifact, config_path], notes=notes)
 
     def validate(self, result: EmitResult, inputs: Mapping[str, np.ndarray],
@@ -175,6 +184,12 @@ class TvmEmitter(Emitter):
             result.validation["onnxruntime_latency_ms"] = _ort_latency(self._payload, inputs)
             result.notes.append(f"latency here: TVM {result.latency_ms:.2f} ms,"
                                 f" ONNX Runtime {result.validation['onnxruntime_latency_ms']:.2f} ms")
+
+
+def _device_threads(spec: dict[str, Any]) -> int | None:
+    """Threads the library is meant to run on: the target's ``num-cores``, unknown for a cross build without it."""
+    cpu = spec.get("host", spec) if spec["kind"] == "cuda" else spec
+    return int(cpu["num-cores"]) if cpu.get("num-cores") else None
 
 
 def _parse_dims(text: str) -> dict[str, int]:
