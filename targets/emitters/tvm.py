@@ -37,6 +37,7 @@ from edgeopt.targets.emitters.common import (
     op_name,
     time_call,
 )
+from edgeopt.targets.host import read_host
 
 LAYOUTS = ("nhwc", "nchw")
 CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-gcc", "arm": "arm-linux-gnueabihf-gcc"}
@@ -101,7 +102,7 @@ class TvmEmitter(Emitter):
         target = tvm.target.Target(spec)
         here = tvm_tuning.runs_here(spec)
         # Before TVM runs anything: tuning measurements and the validation run use every core.
-        wanted = tvm_tuning.runtime_threads(spec if here else {"kind": "llvm"})
+        wanted = (tvm_tuning.device_threads(spec) if here else None) or read_host().physical_cores
         threads = tvm_tuning.use_threads(wanted)
         if threads != wanted:
             notes.append(f"TVM's runtime runs {threads} threads here (TVM_NUM_THREADS), not {wanted}")
@@ -142,12 +143,13 @@ class TvmEmitter(Emitter):
         artifact, export_note = _export(executable, spec, folder, opts.cross_compiler)
         if export_note:
             notes.append(export_note)
+        device = tvm_tuning.device_threads(spec)
         config = {"library": artifact.name, "target": spec, "input_shapes": shapes, "tvm_version": tvm.__version__,
                   "tuning": {"database": str(work), "trials": record.trials, "seconds": round(record.seconds, 1)},
-                  "threads": _device_threads(spec),
+                  "threads": device,
                   "load": "ex = tvm.runtime.load_module('model.so'); vm = tvm.relax.VirtualMachine(ex, tvm.cpu())",
                   # TVM's pool otherwise takes half the logical CPUs on x86 (see tvm_tuning.use_threads).
-                  "environment": {"TVM_NUM_THREADS": str(_device_threads(spec) or "<the device's core count>")}}
+                  "environment": {"TVM_NUM_THREADS": str(device or "<the device's core count>")}}
         config_path = folder / "tvm_config.json"
         config_path.write_text(json.dumps(config, indent=2) + "\n")
         self._executable = executable if here else None
@@ -184,12 +186,6 @@ class TvmEmitter(Emitter):
             result.validation["onnxruntime_latency_ms"] = _ort_latency(self._payload, inputs)
             result.notes.append(f"latency here: TVM {result.latency_ms:.2f} ms,"
                                 f" ONNX Runtime {result.validation['onnxruntime_latency_ms']:.2f} ms")
-
-
-def _device_threads(spec: dict[str, Any]) -> int | None:
-    """Threads the library is meant to run on: the target's ``num-cores``, unknown for a cross build without it."""
-    cpu = spec.get("host", spec) if spec["kind"] == "cuda" else spec
-    return int(cpu["num-cores"]) if cpu.get("num-cores") else None
 
 
 def _parse_dims(text: str) -> dict[str, int]:

@@ -85,10 +85,10 @@ def runs_here(spec: dict[str, Any]) -> bool:
     return spec.get("mcpu") in (None, "native", str(codegen.llvm_get_system_cpu()))
 
 
-def runtime_threads(spec: dict[str, Any]) -> int:
-    """Threads TVM's runtime should run code built for ``spec`` on: its ``num-cores`` (this machine's cores)."""
+def device_threads(spec: dict[str, Any]) -> int | None:
+    """Threads code built for ``spec`` runs on: its CPU's ``num-cores`` (unknown for a cross build without it)."""
     cpu = spec.get("host", spec) if spec.get("kind") == "cuda" else spec
-    return int(cpu.get("num-cores") or read_host().physical_cores)
+    return int(cpu["num-cores"]) if cpu.get("num-cores") else None
 
 
 def use_threads(count: int) -> int:
