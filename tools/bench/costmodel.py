@@ -20,8 +20,10 @@ Measurement uses the runner calibration uses: the product's session options (ORT
 OpenVINO LATENCY hint) and a fixed thread count (2). ``--clock cpu`` times one-thread CPU time
 instead of wall time, for both calibration and measurement: on a machine other jobs share, a
 whole model's wall time swings with their load while its CPU time does not (runners.py). Each
-model is timed in ``--rounds`` interleaved rounds (every model once per round) and its median
-kept, so a minute of heavier load on the shared caches does not land on one model alone.
+model is timed in ``--rounds`` interleaved rounds (every model once per round) and its least
+loaded round kept (``Runner.settled``), so a minute of heavier load on the shared caches does
+not land on one model alone.
+Each row also carries the median over rounds (``measured_median_ms``).
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ def models(folder: Path, only: set[str] | None) -> tuple[list, list]:
 
 def evaluate(cost: CostModel, runner, entries: list, group: str, rounds: int = 3,
              reference: list | None = None) -> tuple[list[dict], float]:
-    """Predict each model, then time them all in ``rounds`` interleaved rounds and keep each one's median.
+    """Predict each model, then time them all in ``rounds`` interleaved rounds and keep each one's least loaded.
 
     The prepared ``reference`` networks (calibration/reference.py) are timed in the same rounds;
     returns the rows and the reference's seconds now (0 without one).
@@ -156,9 +158,10 @@ def evaluate(cost: CostModel, runner, entries: list, group: str, rounds: int = 3
     reference_now = reference_total(times[len(runs):]) if reference else 0.0
     rows = []
     for (name, _, _), estimate, measured_runs in zip(entries, estimates, times[:len(runs)], strict=True):
-        predicted, measured = estimate.latency_s, float(np.median(measured_runs))
+        predicted, measured = estimate.latency_s, runner.settled(measured_runs)
         rows.append({"group": group, "model": name, "gflops": estimate.flops / 1e9, "kernels": len(estimate.kernels),
                      "predicted_ms": predicted * 1e3, "measured_ms": measured * 1e3,
+                     "measured_median_ms": float(np.median(measured_runs)) * 1e3,
                      "measured_rounds_ms": [t * 1e3 for t in measured_runs],
                      "error_pct": error_pct(predicted, measured)})
         print(f"  {group:<8} {name:<22} predicted {predicted * 1e3:9.2f} ms  measured {measured * 1e3:9.2f} ms  "
@@ -216,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                    help="wall time, or one-thread CPU time (steady under other jobs' load; forces 1 thread)")
     p.add_argument("--quick", action="store_true", help="quick calibration (a smoke test of this script)")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="interleaved timing rounds per model (each model's median is reported)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="interleaved timing rounds per model (each model's least loaded round is reported)")
     p.add_argument("--models", type=Path, default=Path("/tmp/edgeopt-costmodel-models"))
     p.add_argument("--only", default="", help="comma-separated zoo models (default: all)")
     p.add_argument("--also", type=Path, nargs="*", default=[], metavar="FILE",
@@ -258,11 +261,13 @@ def main(argv: list[str] | None = None) -> int:
                         "calibration_s": calibration.wall_s <= BARS["calibration_s"]}}
     lines = [f"### Cost model on host-cpu / {a.backend} (calibration: {calibration.method}, "
              f"{len(calibration.samples)} kernels, {calibration.wall_s:.0f} s; clock {a.clock}, "
-             f"{runner.threads} thread(s), {a.statistic}, median of {a.rounds} interleaved rounds)", "",
-             "| group | model | GFLOPs | kernels | predicted ms | measured ms | error | drift-adjusted |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{runner.threads} thread(s), {a.statistic}, best of {a.rounds} interleaved rounds)", "",
+             "| group | model | GFLOPs | kernels | predicted ms | measured ms | error | median of rounds ms | error "
+             "vs median | drift-adjusted |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['group']} | {r['model']} | {r['gflops']:.2f} | {r['kernels']} | {r['predicted_ms']:.2f} | "
-              f"{r['measured_ms']:.2f} | {r['error_pct']:+.1f}% | " +
+              f"{r['measured_ms']:.2f} | {r['error_pct']:+.1f}% | {r['measured_median_ms']:.2f} | "
+              f"{error_pct(r['predicted_ms'], r['measured_median_ms']):+.1f}% | " +
               (f"{r['drift_adjusted_error_pct']:+.1f}% |" if r["speed_ratio"] else "- |") for r in rows]
     lines += ["", f"held-out zoo models within ±10%: {within * 100:.0f}% ({len(held)} models; bar 80%) — "
               f"{'PASS' if summary['bars']['within_10pct'] else 'FAIL'}",
@@ -270,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{'PASS' if summary['bars']['kendall_tau'] else 'FAIL'}",
               f"calibration wall time: {calibration.wall_s:.0f} s (bar 600 s) — "
               f"{'PASS' if summary['bars']['calibration_s'] else 'FAIL'}"]
+    against_median = np.mean([abs(error_pct(r["predicted_ms"], r["measured_median_ms"])) <= 10 for r in held])
+    summary["within_10pct_vs_median"] = float(against_median) if held else None
+    lines += [f"(not a bar) within ±10% against each model's median over rounds instead: {against_median * 100:.0f}%"]
     if speed:
         # Not a bar of its own: what the zoo share is once the machine's own drift is taken out.
         lines += [f"reference networks: {reference_zoo * 1e3:.2f} ms now, {calibration.reference_s * 1e3:.2f} ms at "
