@@ -167,6 +167,53 @@ def test_kernel_profile_times_every_kernel_inside_the_model(backend: str) -> Non
     assert runner.profiles_kernels and not (OnnxRuntimeCudaRunner.profiles_kernels or TensorRTRunner.profiles_kernels)
 
 
+def test_openvino_profile_finds_a_conv_left_with_its_bias_split_name() -> None:
+    """An SE gate's expand conv before a HardSigmoid runs as ``<conv>/WithoutBiases``, and is found."""
+    pytest.importorskip("openvino")
+    from edgeopt.targets.calibration.bench import _Builder
+    from edgeopt.targets.calibration.calibrate import _model_kernels, kernel_owners
+    from edgeopt.targets.calibration.networks import _squeeze_excite
+    from edgeopt.targets.calibration.runners import make_runner
+
+    b = _Builder("fp32", 0)
+    y = _squeeze_excite(b, b.input((1, 96, 28, 28)), 96, "HardSigmoid")
+    proto, feeds = b.model([y]), b.feeds
+    kernels, _ = _model_kernels(proto, "openvino")
+    runner = make_runner("openvino", "cpu", threads=1, budget_s=0.05, clock="cpu")
+    profile = runner.kernel_profile(proto, feeds, kernel_owners(kernels), len(kernels))
+    convs = [i for i, k in enumerate(kernels) if k.kind == "conv"]
+    assert [kernels[i].ops for i in convs] == ["Conv+Relu", "Conv"]
+    assert all(profile.kernels[i] > 0 for i in convs)
+    assert profile.unattributed_s == 0
+
+
+def test_calibration_networks_run_the_blocks_edge_cnns_use() -> None:
+    """Strided and 5x5 depthwise convs, SiLU and HardSwish expand convs, widths that leave a vector part-empty."""
+    from edgeopt.targets.calibration.networks import networks
+
+    depthwise: set[tuple[int, int]] = set()
+    widths: set[int] = set()
+    after_expand: set[str] = set()
+    for _name, proto, _feeds in networks(45):
+        shapes = {i.name: list(i.dims) for i in proto.graph.initializer}
+        consumers = {name: n for n in proto.graph.node for name in n.input}
+        for node in proto.graph.node:
+            if node.op_type != "Conv":
+                continue
+            attrs = {a.name: (list(a.ints) or a.i) for a in node.attribute}
+            widths.add(shapes[node.input[1]][0])
+            if "kernel_shape" not in attrs:  # a squeeze-excite gate's conv on the pooled vector
+                continue
+            if attrs.get("group", 1) > 1:
+                depthwise.add((attrs["kernel_shape"][0], attrs["strides"][0]))
+            elif attrs["kernel_shape"] == [1, 1] and shapes[node.input[1]][0] > shapes[node.input[1]][1]:
+                after = consumers[consumers[node.output[0]].output[0]]  # past the BatchNormalization
+                after_expand.add(after.op_type)
+    assert {(3, 1), (3, 2), (5, 1), (5, 2)} <= depthwise
+    assert {"Clip", "HardSwish", "Mul"} <= after_expand  # Mul: the SiLU, x * sigmoid(x)
+    assert any(w % 16 for w in widths if w >= 40)
+
+
 def test_weight_stream_counts_only_what_the_kernel_time_does_not_hide() -> None:
     from edgeopt.targets.cost.composition import kernel_in_model_s, weight_stream_s
     from edgeopt.targets.cost.kernels import Kernel

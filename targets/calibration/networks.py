@@ -33,41 +33,58 @@ def _conv(b: _Builder, x: str, cin: int, cout: int, k: int, stride: int, groups:
     return y
 
 
-def _squeeze_excite(b: _Builder, x: str, c: int, gate: str) -> str:
-    """GlobalAveragePool -> 1x1 conv -> Relu -> 1x1 conv -> Sigmoid | HardSigmoid -> x * gate."""
+def _squeeze_excite(b: _Builder, x: str, c: int, gate: str, act: str = "Relu") -> str:
+    """GlobalAveragePool -> 1x1 conv -> Relu | SiLU -> 1x1 conv -> Sigmoid | HardSigmoid -> x * gate."""
     squeezed = max(8, c // 4)
     p = b.node("GlobalAveragePool", [x])
-    z = b.node("Relu", [b.node("Conv", [p, b.weight((squeezed, c, 1, 1)), b.const(np.zeros(squeezed, np.float32))])])
+    z = b.node("Conv", [p, b.weight((squeezed, c, 1, 1)), b.const(np.zeros(squeezed, np.float32))])
+    z = b.node("Mul", [z, b.node("Sigmoid", [z])]) if act == "SiLU" else b.node("Relu", [z])
     z = b.node("Conv", [z, b.weight((c, squeezed, 1, 1)), b.const(np.zeros(c, np.float32))])
     z = b.node(gate, [z])
     return b.node("Mul", [x, z])
 
 
+def _inverted(b: _Builder, rng: np.random.Generator, x: str, cin: int, cout: int, stride: int) -> str:
+    """An inverted residual's body: 1x1 expand, k x k depthwise (maybe strided), optional SE, 1x1 project.
+
+    As MobileNetV2 (Clip), MobileNetV3 (HardSwish) and EfficientNet (SiLU) build them: 3x and 6x
+    expansions, 3x3 and 5x5 depthwise kernels, the same activation on the expand and the
+    depthwise conv, and a gate whose reduce conv takes ReLU or SiLU.
+    """
+    act = str(rng.choice(["Clip", "HardSwish", "SiLU"]))
+    e = min(cin * int(rng.choice([3, 4, 6])), 1536)
+    z = _conv(b, x, cin, e, 1, 1, act=act)
+    z = _conv(b, z, e, e, int(rng.choice([3, 5])), stride, groups=e, act=act)
+    if rng.random() < 0.5:
+        z = _squeeze_excite(b, z, e, "Sigmoid" if act == "SiLU" else "HardSigmoid",
+                            "SiLU" if act == "SiLU" else "Relu")
+    return _conv(b, z, e, cout, 1, 1, act=None)
+
+
 def cnn(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     b = _Builder("fp32", int(rng.integers(1 << 30)))
     res = int(rng.choice([128, 160, 224]))
-    width = int(rng.choice([16, 24, 32, 48, 64]))
+    # Widths that fill whole vectors and one that does not (40: MobileNetV3, EfficientNet).
+    width = int(rng.choice([16, 24, 32, 40, 48, 64]))
     x = b.input((1, 3, res, res))
     y = _conv(b, x, 3, width, 3, 2)
     c = width
     for stage in range(int(rng.integers(3, 6))):
         cout = min(c * 2, 512) if stage else c  # ResNet/MobileNet-sized, not larger
         style = str(rng.choice(["plain", "residual", "inverted"]))
-        y = _conv(b, y, c, cout, 3, 2 if stage else 1)
-        c = cout
+        if style == "inverted" and stage:
+            # MobileNetV2/V3 and EfficientNet downsample in a block's depthwise conv, not a full conv.
+            y, c = _inverted(b, rng, y, c, cout, stride=2), cout
+        else:
+            y = _conv(b, y, c, cout, 3, 2 if stage else 1)
+            c = cout
         for _ in range(int(rng.integers(1, 4))):
             if style == "residual":
                 z = _conv(b, y, c, c, 3, 1)
                 z = _conv(b, z, c, c, 3, 1, act=None)
                 y = b.node("Relu", [b.node("Add", [y, z])])
             elif style == "inverted":
-                e = min(c * int(rng.choice([2, 4, 6])), 1536)
-                z = _conv(b, y, c, e, 1, 1, act="Clip")
-                z = _conv(b, z, e, e, 3, 1, groups=e, act=str(rng.choice(["Clip", "SiLU", "HardSwish"])))
-                if rng.random() < 0.5:
-                    z = _squeeze_excite(b, z, e, str(rng.choice(["Sigmoid", "HardSigmoid"])))
-                z = _conv(b, z, e, c, 1, 1, act=None)
-                y = b.node("Add", [y, z])
+                y = b.node("Add", [y, _inverted(b, rng, y, c, c, stride=1)])
             else:
                 y = _conv(b, y, c, c, int(rng.choice([1, 3])), 1)
     if rng.random() < 0.5:

@@ -116,8 +116,7 @@ class OpenVinoRunner(Runner):
                 if not str(info.status).endswith("EXECUTED") or info.node_type in ("Parameter", "Result"):
                     continue
                 seconds = info.real_time.total_seconds()
-                index = next((owner[n] for n in (info.node_name, *took_in.get(info.node_name, ())) if n in owner),
-                             None)
+                index = next((owner[n] for n in _ov_names(info.node_name, took_in) if n in owner), None)
                 if index is not None:
                     per_run[i, index] += seconds
                 elif info.node_type == "Reorder":
@@ -131,6 +130,17 @@ class OpenVinoRunner(Runner):
         import openvino as ov
 
         return {"openvino": ov.__version__}
+
+
+def _ov_names(node_name: str, took_in: dict[str, list[str]]) -> list[str]:
+    """The ONNX names an executed node may carry: its own, those it took in, each without the plugin's suffix.
+
+    The plugin splits a Conv with a bias into ``<name>/WithoutBiases`` and a bias Add it folds
+    back; a conv with no activation after it (an SE gate's expand conv before a HardSigmoid)
+    is left with only that name.
+    """
+    names = [node_name, *took_in.get(node_name, ())]
+    return names + [n.removesuffix("/WithoutBiases") for n in names if n.endswith("/WithoutBiases")]
 
 
 def _ov_input_names(compiled, feeds: Mapping[str, np.ndarray] | None = None) -> set[str]:
