@@ -187,6 +187,27 @@ def test_openvino_profile_finds_a_conv_left_with_its_bias_split_name() -> None:
     assert profile.unattributed_s == 0
 
 
+def test_openvino_profile_finds_a_conv_whose_batchnorm_fold_left_no_name() -> None:
+    """An inverted block's project conv (Conv + BatchNormalization, nothing after) runs as ``Multiply_<n>``."""
+    pytest.importorskip("openvino")
+    from edgeopt.targets.calibration.bench import _Builder
+    from edgeopt.targets.calibration.calibrate import _model_kernels, kernel_owners
+    from edgeopt.targets.calibration.networks import _conv
+    from edgeopt.targets.calibration.runners import make_runner
+
+    b = _Builder("fp32", 0)
+    y = _conv(b, b.input((1, 96, 28, 28)), 96, 96, 3, 2, groups=96, act="HardSwish")
+    y = _conv(b, y, 96, 32, 1, 1, act=None)
+    y = _conv(b, y, 32, 96, 1, 1, act="Clip")
+    proto, feeds = b.model([y]), b.feeds
+    kernels, _ = _model_kernels(proto, "openvino")
+    runner = make_runner("openvino", "cpu", threads=1, budget_s=0.05, clock="cpu")
+    profile = runner.kernel_profile(proto, feeds, kernel_owners(kernels), len(kernels))
+    assert [k.ops for k in kernels] == ["Conv+BatchNormalization+HardSwish", "Conv+BatchNormalization",
+                                        "Conv+BatchNormalization+Clip"]
+    assert all(profile.kernels > 0) and profile.unattributed_s == 0
+
+
 def test_calibration_networks_run_the_blocks_edge_cnns_use() -> None:
     """Strided and 5x5 depthwise convs, SiLU and HardSwish expand convs, widths that leave a vector part-empty."""
     from edgeopt.targets.calibration.networks import networks

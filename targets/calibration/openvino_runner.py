@@ -93,14 +93,18 @@ class OpenVinoRunner(Runner):
         ``Multiply_5194``); the executed graph's ``originalLayersNames`` lists the ONNX nodes each
         executed node took in, which ``owner`` maps to kernels. PERF_COUNT slows small kernels (a
         0.4 ms transformer stack profiled at 0.66 ms): calibration scales a profile into the
-        unprofiled run time (``KernelProfile.within``).
+        unprofiled run time (``KernelProfile.within``). A conv whose folded BatchNormalization
+        left it no ONNX name at all is found by the kernel it reads from (``_by_producer``).
         """
         compiled = self._compile(model, PERF_COUNT=True)
         took_in: dict[str, list[str]] = {}
-        for op in compiled.get_runtime_model().get_ops():
+        ops = compiled.get_runtime_model().get_ops()
+        for op in ops:
             info = op.get_rt_info()
             names = info["originalLayersNames"].astype(str) if "originalLayersNames" in info else ""
             took_in[op.get_friendly_name()] = [n for n in names.split(",") if n]
+        kernel_of = {name: next((owner[n] for n in _ov_names(name, took_in) if n in owner), None) for name in took_in}
+        kernel_of.update(_by_producer(model, ops, owner, kernel_of))
         request = compiled.create_infer_request()
         feeds = {k: v for k, v in feeds.items() if k in _ov_input_names(compiled, feeds)}
         for _ in range(3):
@@ -116,7 +120,9 @@ class OpenVinoRunner(Runner):
                 if not str(info.status).endswith("EXECUTED") or info.node_type in ("Parameter", "Result"):
                     continue
                 seconds = info.real_time.total_seconds()
-                index = next((owner[n] for n in _ov_names(info.node_name, took_in) if n in owner), None)
+                index = kernel_of.get(info.node_name)
+                if index is None:
+                    index = next((owner[n] for n in _ov_names(info.node_name, took_in) if n in owner), None)
                 if index is not None:
                     per_run[i, index] += seconds
                 elif info.node_type == "Reorder":
@@ -141,6 +147,52 @@ def _ov_names(node_name: str, took_in: dict[str, list[str]]) -> list[str]:
     """
     names = [node_name, *took_in.get(node_name, ())]
     return names + [n.removesuffix("/WithoutBiases") for n in names if n.endswith("/WithoutBiases")]
+
+
+_OV_PASS_THROUGH = {"Reorder", "Const", "Parameter"}
+
+
+def _by_producer(model: onnx.ModelProto, ops: list, owner: Mapping[str, int], kernel_of: Mapping[str, int | None]
+                 ) -> dict[str, int]:
+    """Executed compute nodes without an ONNX name, each matched to the one unmatched kernel its producer feeds.
+
+    The plugin folds a BatchNormalization into the conv before it and names the result after
+    the multiply it made (``Multiply_7274``): with no activation or residual Add after it, the
+    node keeps no ONNX name. Its input still comes from a named node; the ONNX graph says
+    which kernels read that node's kernel, and if exactly one of those has no executed node,
+    that is this one.
+    """
+    reads: dict[int, set[int]] = {}
+    for node in model.graph.node:
+        mine = owner.get(node.name, owner.get(node.output[0]) if node.output else None)
+        for name in node.input:
+            source = owner.get(name)
+            if mine is not None and source is not None and source != mine:
+                reads.setdefault(source, set()).add(mine)
+    matched = {index for index in kernel_of.values() if index is not None}
+
+    def producer_kernels(op) -> set[int]:
+        found: set[int] = set()
+        for port in op.inputs():
+            source = port.get_source_output().get_node()
+            kind = source.get_rt_info()["layerType"].astype(str) if "layerType" in source.get_rt_info() else ""
+            if kind == "Reorder":
+                found |= producer_kernels(source)
+            elif kind not in _OV_PASS_THROUGH and kernel_of.get(source.get_friendly_name()) is not None:
+                found.add(kernel_of[source.get_friendly_name()])
+        return found
+
+    out: dict[str, int] = {}
+    for op in ops:
+        name, info = op.get_friendly_name(), op.get_rt_info()
+        kind = info["layerType"].astype(str) if "layerType" in info else ""
+        if kernel_of.get(name) is not None or kind in _OV_PASS_THROUGH or kind == "Reorder":
+            continue
+        candidates = {c for p in producer_kernels(op) for c in reads.get(p, ()) if c not in matched}
+        if len(candidates) == 1:
+            out[name] = candidates.pop()
+            matched.add(out[name])
+    return out
 
 
 def _ov_input_names(compiled, feeds: Mapping[str, np.ndarray] | None = None) -> set[str]:
