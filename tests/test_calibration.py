@@ -235,6 +235,19 @@ def test_calibration_networks_run_the_blocks_edge_cnns_use() -> None:
     assert any(w % 16 for w in widths if w >= 40)
 
 
+def test_calibration_networks_draw_each_from_its_own_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change to the CNN generator leaves the transformer stacks as they were (one stream each)."""
+    import edgeopt.targets.calibration.networks as nets
+
+    def stacks() -> list[bytes]:
+        return [proto.SerializeToString() for name, proto, _ in nets.networks(9) if name.startswith("mlp")]
+
+    before = stacks()
+    original = nets.cnn
+    monkeypatch.setattr(nets, "cnn", lambda rng: (rng.random(), original(rng))[1])  # one draw more
+    assert stacks() == before and len(before) == 3
+
+
 def test_weight_stream_counts_only_what_the_kernel_time_does_not_hide() -> None:
     from edgeopt.targets.cost.composition import kernel_in_model_s, weight_stream_s
     from edgeopt.targets.cost.kernels import Kernel
