@@ -159,7 +159,11 @@ def test_kernel_profile_times_every_kernel_inside_the_model(backend: str) -> Non
         inside = float(profile.kernels.sum())
         heavy = [i for i, k in enumerate(kernels) if k.kind in ("conv", "depthwise", "gemm")]
         assert heavy and all(profile.kernels[i] > 0 for i in heavy)  # ORT's renamed nodes were all found
-        assert 0.5 * whole < inside + profile.reorder_s + profile.unattributed_s < 1.5 * whole
+        # OpenVINO's PERF_COUNT slows small nodes (a 0.42 ms transformer stack profiled at 0.66 ms
+        # alone, at 1.1 ms beside another test's load); calibration scales a profile into the
+        # unprofiled time (KernelProfile.within), so the bound only rules out double counting.
+        upper = 3.0 if backend == "openvino" else 1.5
+        assert 0.5 * whole < inside + profile.reorder_s + profile.unattributed_s < upper * whole
         assert profile.unattributed_s < 0.25 * inside
     from edgeopt.targets.calibration.runners import OnnxRuntimeCudaRunner, TensorRTRunner
 
