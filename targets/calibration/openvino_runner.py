@@ -103,7 +103,7 @@ class OpenVinoRunner(Runner):
             info = op.get_rt_info()
             names = info["originalLayersNames"].astype(str) if "originalLayersNames" in info else ""
             took_in[op.get_friendly_name()] = [n for n in names.split(",") if n]
-        kernel_of = {name: next((owner[n] for n in _ov_names(name, took_in) if n in owner), None) for name in took_in}
+        kernel_of = {name: _named_kernel(name, took_in, owner) for name in took_in}
         kernel_of.update(_by_producer(model, ops, owner, kernel_of))
         request = compiled.create_infer_request()
         feeds = {k: v for k, v in feeds.items() if k in _ov_input_names(compiled, feeds)}
@@ -122,7 +122,7 @@ class OpenVinoRunner(Runner):
                 seconds = info.real_time.total_seconds()
                 index = kernel_of.get(info.node_name)
                 if index is None:
-                    index = next((owner[n] for n in _ov_names(info.node_name, took_in) if n in owner), None)
+                    index = _named_kernel(info.node_name, took_in, owner)
                 if index is not None:
                     per_run[i, index] += seconds
                 elif info.node_type == "Reorder":
@@ -138,15 +138,22 @@ class OpenVinoRunner(Runner):
         return {"openvino": ov.__version__}
 
 
-def _ov_names(node_name: str, took_in: dict[str, list[str]]) -> list[str]:
-    """The ONNX names an executed node may carry: its own, those it took in, each without the plugin's suffix.
+def _named_kernel(node_name: str, took_in: dict[str, list[str]], owner: Mapping[str, int]) -> int | None:
+    """The kernel of an executed node by the ONNX names it carries: its own, those it took in, each
+    without the plugin's suffix.
 
     The plugin splits a Conv with a bias into ``<name>/WithoutBiases`` and a bias Add it folds
     back; a conv with no activation after it (an SE gate's expand conv before a HardSigmoid)
     is left with only that name.
     """
     names = [node_name, *took_in.get(node_name, ())]
-    return names + [n.removesuffix("/WithoutBiases") for n in names if n.endswith("/WithoutBiases")]
+    names += [n.removesuffix("/WithoutBiases") for n in names if n.endswith("/WithoutBiases")]
+    return next((owner[n] for n in names if n in owner), None)
+
+
+def _layer_type(op) -> str:
+    info = op.get_rt_info()
+    return info["layerType"].astype(str) if "layerType" in info else ""
 
 
 _OV_PASS_THROUGH = {"Reorder", "Const", "Parameter"}
@@ -175,7 +182,7 @@ def _by_producer(model: onnx.ModelProto, ops: list, owner: Mapping[str, int], ke
         found: set[int] = set()
         for port in op.inputs():
             source = port.get_source_output().get_node()
-            kind = source.get_rt_info()["layerType"].astype(str) if "layerType" in source.get_rt_info() else ""
+            kind = _layer_type(source)
             if kind == "Reorder":
                 found |= producer_kernels(source)
             elif kind not in _OV_PASS_THROUGH and kernel_of.get(source.get_friendly_name()) is not None:
@@ -184,9 +191,8 @@ def _by_producer(model: onnx.ModelProto, ops: list, owner: Mapping[str, int], ke
 
     out: dict[str, int] = {}
     for op in ops:
-        name, info = op.get_friendly_name(), op.get_rt_info()
-        kind = info["layerType"].astype(str) if "layerType" in info else ""
-        if kernel_of.get(name) is not None or kind in _OV_PASS_THROUGH or kind == "Reorder":
+        name = op.get_friendly_name()
+        if kernel_of.get(name) is not None or _layer_type(op) in _OV_PASS_THROUGH:
             continue
         candidates = {c for p in producer_kernels(op) for c in reads.get(p, ()) if c not in matched}
         if len(candidates) == 1:
