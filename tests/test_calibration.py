@@ -13,7 +13,15 @@ import pytest
 from edgeopt.ir import load_model
 from edgeopt.targets import get_target
 from edgeopt.targets.calibration import SCHEMA, find_calibration, import_calibration, read_calibration
-from edgeopt.targets.calibration.fit import Predictor, fit_composition, fit_factors, lines_for, one_direction
+from edgeopt.targets.calibration.fit import (
+    Predictor,
+    fit_composition,
+    fit_factors,
+    fit_predictor,
+    lines_for,
+    one_direction,
+    recurrent_terms,
+)
 from edgeopt.targets.calibration.store import CalibrationError, calibration_path, host_fingerprint
 from edgeopt.targets.cost import CostModel
 from edgeopt.targets.cost.composition import CompositionTerms
@@ -164,6 +172,42 @@ def test_bidirectional_recurrent_kernels_are_predicted_as_two_directions() -> No
     assert predictor.predict([bi], [line])[0] == pytest.approx(2 * predictor.predict([one], [one_line])[0])
 
 
+
+def _recurrent_samples(per_unit: np.ndarray, n: int = 16) -> list[KernelSample]:
+    """LSTM / GRU kernels whose time is exactly ``recurrent_terms @ per_unit`` per direction."""
+    rng = np.random.default_rng(3)
+    out = []
+    for i in range(n):
+        gates, directions = (4.0, 3.0)[i % 2], (1.0, 2.0)[(i // 2) % 2]
+        steps, k, n_ = float(rng.choice([10, 50, 200])), float(rng.choice([40, 128, 512])), float(rng.choice([64, 256]))
+        attrs = {"m": steps, "steps": steps, "k": k, "n": n_, "gates": gates, "directions": directions}
+        flops = 2 * steps * directions * gates * n_ * (k + n_)
+        sample = KernelSample("recurrent", "fp32", flops, 4 * steps * k, 4 * directions * gates * n_ * (k + n_), attrs)
+        sample.seconds = float(recurrent_terms(sample) @ per_unit) * directions
+        out.append(sample)
+    return out
+
+
+def test_recurrent_kernels_split_into_projection_and_per_step_work() -> None:
+    target = get_target("host-cpu")
+    # 100 GFLOP/s for the input projection, 25 (LSTM) and 15 (GRU) for the steps, 2 us a step.
+    truth = np.array([1e-11, 4e-11, 6.7e-11, 2e-6, 5e-6])
+    samples = _recurrent_samples(truth)
+    factors = fit_factors(samples, lines_for(samples, target), "cpu")
+    assert np.allclose(factors["recurrent/fp32/terms"], truth, rtol=1e-4)
+    # A 100-step LSTM reading 512 inputs and one reading 40, same FLOPs per step: the roofline
+    # alone gives them one efficiency; the split predicts both exactly.
+    predictor = fit_predictor(samples, target, "cpu", "factors", factors)
+    lstm = {"m": 100.0, "steps": 100.0, "n": 256.0, "gates": 4.0, "directions": 2.0}
+    wide, narrow = (KernelSample("recurrent", "fp32", 2 * 100 * 2 * 4 * 256 * (k + 256), 0.0, 0.0, {**lstm, "k": k})
+                    for k in (512.0, 40.0))
+    predicted = predictor.predict([wide, narrow], lines_for([wide, narrow], target))
+    expected = [2 * float(recurrent_terms(s) @ truth) for s in (wide, narrow)]
+    assert predicted == pytest.approx(expected, rel=1e-3)
+    # Too few samples to fit five terms: the recurrent class keeps its roofline factors.
+    few = fit_factors(samples[:6], lines_for(samples[:6], target), "cpu")
+    assert "recurrent/fp32/terms" not in few and "recurrent/fp32" in few
+
 def _foreign_file(tmp_path: Path, target_name: str = "jetson-orin-nx-16gb", backend: str = "tensorrt") -> Path:
     target = get_target(target_name)
     samples = _synthetic_samples(target, "conv", 0.05, 0.1, 1e-4)
@@ -209,6 +253,10 @@ def test_import_rejects_bad_files(tmp_path: Path) -> None:
     data["factors"] = {"conv/fp32": [0.1, -1, 0]}
     bad.write_text(json.dumps(data))
     with pytest.raises(CalibrationError, match=r"factors\['conv/fp32'\] must be three positive numbers"):
+        import_calibration(bad, target)
+    data["factors"] = {"recurrent/fp32/terms": [1e-11, 0.0, -1.0, 0.0, 0.0]}
+    bad.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match=r"factors\['recurrent/fp32/terms'\] must be five non-negative"):
         import_calibration(bad, target)
     with pytest.raises(CalibrationError, match="no such calibration file"):
         import_calibration(tmp_path / "missing.json", target)

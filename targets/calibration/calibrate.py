@@ -54,7 +54,7 @@ Progress = Callable[[str, int, int], None]  # (what, done, total)
 PLAN: dict[tuple[str, str], int] = {
     ("elementwise", "fp32"): 40, ("conv", "fp32"): 70, ("depthwise", "fp32"): 35, ("gemm", "fp32"): 45,
     ("pooling", "fp32"): 15, ("normalization", "fp32"): 15, ("softmax", "fp32"): 10, ("data", "fp32"): 20,
-    ("recurrent", "fp32"): 20, ("attention", "fp32"): 24, ("conv", "int8"): 30, ("depthwise", "int8"): 12,
+    ("recurrent", "fp32"): 32, ("attention", "fp32"): 24, ("conv", "int8"): 30, ("depthwise", "int8"): 12,
     ("gemm", "int8"): 15,
     ("elementwise", "int8"): 8, ("pooling", "int8"): 10, ("conv", "fp16"): 12, ("depthwise", "fp16"): 6,
     ("gemm", "fp16"): 8, ("elementwise", "fp16"): 6,

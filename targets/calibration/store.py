@@ -88,7 +88,7 @@ class Calibration:
         return path
 
 
-FIT_VERSION = 4  # bump when features.py / fit.py change what a fitted predictor computes
+FIT_VERSION = 5  # bump when features.py / fit.py change what a fitted predictor computes
 
 
 def _predictor(calibration: Calibration, target: Target):
@@ -183,6 +183,11 @@ def parse_calibration(data: Any, where: Path) -> Calibration:
         raise CalibrationError(f"{where}: unknown method '{method}' (known: {', '.join(METHODS)})")
     factors = _require(data, "factors", dict, where)
     for key, value in factors.items():
+        if key.startswith("recurrent/") and key.endswith("/terms"):  # fit.recurrent_terms' coefficients
+            if not (isinstance(value, list) and len(value) == 5 and all(
+                    isinstance(v, (int, float)) and v >= 0 for v in value)):
+                raise CalibrationError(f"{where}: factors['{key}'] must be five non-negative numbers")
+            continue
         if key.split("/")[0] not in CLASSES or not (isinstance(value, list) and len(value) == 3 and all(
                 isinstance(v, (int, float)) and v > 0 for v in value)):
             raise CalibrationError(f"{where}: factors['{key}'] must be three positive numbers for a known class")

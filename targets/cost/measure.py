@@ -129,7 +129,8 @@ def _features(anchor: ir.Node, kernel: Kernel, shapes: Mapping[str, tuple[int, .
         # X [seq, batch, input] -> Y [seq, directions, batch, hidden]: a GEMM chain over time steps.
         # Directions run one after the other and each step's hidden-state GEMV re-reads the
         # recurrent weights; GRU's 3 gates and LSTM's 4 differ in work per step.
-        attrs.update(m=float(inp[0] * inp[1]), k=float(inp[2]), n=float(out[-1]), in_elems=float(_numel(inp)),
+        attrs.update(m=float(inp[0] * inp[1]), steps=float(inp[0]), k=float(inp[2]), n=float(out[-1]),
+                     in_elems=float(_numel(inp)),
                      last=float(inp[-1]), gates=float(_GATES.get(anchor.op_type, 1)),
                      directions=float(out[1] if len(out) == 4 else 1))
     elif kernel.kind == "gemm" and out:
