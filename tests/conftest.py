@@ -31,6 +31,23 @@ def assert_zoo_outputs_match(name: str, original, optimized) -> None:
         assert comparison.ok and comparison.max_rel < 1e-5, comparison.worst()
 
 
+def synthetic_samples(target, kind: str, ec: float, em: float, overhead: float, n: int = 24) -> list:
+    """Kernels whose 'measured' time follows the factor model exactly."""
+    from edgeopt.targets.calibration.fit import lines_for
+    from edgeopt.targets.cost.features import KernelSample
+    from edgeopt.targets.cost.roofline import factor_time
+
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        flops, nbytes = float(10 ** rng.uniform(5, 9)), float(10 ** rng.uniform(4, 7))
+        sample = KernelSample(kind, "fp32", flops, nbytes, 0.0, {"k": 9.0})
+        (line,) = lines_for([sample], target)
+        sample.seconds = factor_time(line, ec, em, overhead)
+        out.append(sample)
+    return out
+
+
 def make_conv_bn_model(opset: int = 17, batch: str | int = "N") -> onnx.ModelProto:
     """x -> Conv -> BatchNormalization -> Identity -> Relu -> Dropout -> y, with a dead branch."""
     rng = np.random.default_rng(0)

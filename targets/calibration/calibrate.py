@@ -29,12 +29,12 @@ import onnx_ir as ir
 from edgeopt.ir.costs import concrete_shapes
 from edgeopt.ir.shapes import infer_shapes
 from edgeopt.targets.calibration import bench
+from edgeopt.targets.calibration.compose import fit_profiled_composition
 from edgeopt.targets.calibration.fit import (
     Predictor,
     choose_method,
     fit_factors,
     fit_predictor,
-    fit_profiled_composition,
     heldout_errors,
     lines_for,
 )

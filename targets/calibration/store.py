@@ -200,7 +200,7 @@ def parse_calibration(data: Any, where: Path) -> Calibration:
     optional = [key for key in ("weight_stream", "vector_stream", *class_scales) if key in composition]
     for key in ("run_overhead_s", "scale", "per_kernel_s", *optional):
         value = composition.get(key)
-        # per_kernel_s may be slightly negative (fit.fit_composition); the others may not.
+        # per_kernel_s may be slightly negative (compose.fit_composition); the others may not.
         if not isinstance(value, (int, float)) or value < (-1e-4 if key == "per_kernel_s" else 0):
             raise CalibrationError(f"{where}: composition.{key} must be a non-negative number")
     samples = []

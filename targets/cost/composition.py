@@ -15,13 +15,13 @@ where the last term is the part of streaming a kernel's weights from memory (at 
 bandwidth figure) that the kernel's own time does not cover; it cut the mean error on those
 networks from 12 % to 6 %; the GEMMs' own scale took it to 5 % and the transformer networks
 from -18 % to within 10 %. Calibration times 45-50 networks and keeps a term beyond the shared
-scale and dispatch only where they support it (``fit.fit_composition``); a term left out takes
+scale and dispatch only where they support it (``compose.fit_composition``); a term left out takes
 its neutral value or its parent's (a class scale the shared one).
 
 Where the backend's profiler times each kernel inside a network (ONNX Runtime, OpenVINO), those
 in-network timings also train the kernel predictor, a scale per kernel class (vector kernels and
 1x1 convs classes of their own) is read off them for what the predictor's fit leaves, and only
-the dispatch term is fitted on the totals (``fit.fit_profiled_composition``): the totals alone
+the dispatch term is fitted on the totals (``compose.fit_profiled_composition``): the totals alone
 could not tell the classes apart (see there).
 """
 
