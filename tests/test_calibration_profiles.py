@@ -45,6 +45,27 @@ def test_kernel_profile_times_every_kernel_inside_the_model(backend: str) -> Non
     assert runner.profiles_kernels and not (OnnxRuntimeCudaRunner.profiles_kernels or TensorRTRunner.profiles_kernels)
 
 
+def test_openvino_runner_times_a_dynamic_model_at_the_feed_shapes(tmp_path) -> None:
+    """A dynamic batch dim is fixed to the feeds' before compiling, once per set of feed shapes."""
+    pytest.importorskip("openvino")
+    import onnx
+
+    from edgeopt.targets.calibration.runners import make_runner
+    from tests.conftest import make_conv_bn_model
+
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(make_conv_bn_model(batch="N"), str(path))
+    runner = make_runner("openvino", "cpu", threads=1, budget_s=0.02, clock="cpu")
+    rng = np.random.default_rng(0)
+    one, three = ({"x": rng.standard_normal((n, 3, 8, 8)).astype(np.float32)} for n in (1, 3))
+    compiled = runner._compile(path, one)
+    assert [list(port.get_partial_shape().to_shape()) for port in compiled.inputs] == [[1, 3, 8, 8]]
+    assert runner._compile(path).inputs[0].get_partial_shape().is_dynamic  # no feeds: as the file says
+    run = runner.prepare(path)
+    assert [next(iter(run(f).values())).shape for f in (one, three, one)] == [(1, 4, 8, 8), (3, 4, 8, 8),
+                                                                           (1, 4, 8, 8)]
+    assert runner.time(path, three) > 0
+
 def test_openvino_profile_finds_a_conv_left_with_its_bias_split_name() -> None:
     """An SE gate's expand conv before a HardSigmoid runs as ``<conv>/WithoutBiases``, and is found."""
     pytest.importorskip("openvino")
