@@ -61,6 +61,22 @@ def test_openvino_ir_runs_on_cpu_and_matches_reference(resnet: Path, tmp_path: P
     assert result.latency_ms is not None and result.latency_ms > 0
 
 
+
+def test_static_shapes_fix_symbolic_dims_in_the_ir(resnet: Path, tmp_path: Path) -> None:
+    import openvino as ov
+
+    dynamic = emit_and_validate(resnet, tmp_path / "dynamic")
+    static = emit_and_validate(resnet, tmp_path / "static", {"static_shapes": True})
+    read = ov.Core().read_model
+
+    def shapes(folder: str) -> list[str]:
+        return [str(port.get_partial_shape()) for port in read(tmp_path / folder / "model.xml").inputs]
+
+    assert shapes("dynamic")[0].startswith("[?,") and shapes("static")[0].startswith("[1,")
+    assert static.validation["ok"] and static.validation["max_abs"] <= 1e-4
+    assert any("keep dynamic dims" in note and "static_shapes=true" in note for note in dynamic.notes)
+    assert any("fixed to static shapes" in note for note in static.notes)
+
 def test_fp16_compression_halves_weights_and_agrees(resnet: Path, tmp_path: Path) -> None:
     fp32 = emit_and_validate(resnet, tmp_path / "fp32")
     fp16 = emit_and_validate(resnet, tmp_path / "fp16", {"compress_to_fp16": True})
