@@ -70,9 +70,9 @@ def test_import_rejects_bad_files(tmp_path: Path) -> None:
     bad.write_text(json.dumps(data))
     with pytest.raises(CalibrationError, match=r"factors\['conv/fp32'\] must be three positive numbers"):
         import_calibration(bad, target)
-    data["factors"] = {"recurrent/fp32/terms": [1e-11, 0.0, -1.0, 0.0, 0.0]}
+    data["factors"] = {"recurrent/fp32/terms": [1e-11, 0.0, -1.0, 0.0, 0.0, 0.0]}
     bad.write_text(json.dumps(data))
-    with pytest.raises(CalibrationError, match=r"factors\['recurrent/fp32/terms'\] must be five non-negative"):
+    with pytest.raises(CalibrationError, match=r"factors\['recurrent/fp32/terms'\] must be 6 non-negative"):
         import_calibration(bad, target)
     with pytest.raises(CalibrationError, match="no such calibration file"):
         import_calibration(tmp_path / "missing.json", target)

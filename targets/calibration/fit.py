@@ -38,7 +38,7 @@ from edgeopt.targets.cost.roofline import (
 
 METHODS = ("factors", "ridge", "gbr")
 MIN_SAMPLES_PER_GROUP = 4
-MIN_RECURRENT_SAMPLES = 8  # five terms: fewer samples would fit noise
+MIN_RECURRENT_SAMPLES = 10  # six terms: fewer samples would fit noise
 
 
 def lines_for(samples: Sequence[KernelSample], target: Target) -> list[Roofline]:
@@ -86,18 +86,24 @@ def fit_factors(samples: Sequence[KernelSample], lines: Sequence[Roofline], devi
 def recurrent_terms(sample: KernelSample) -> np.ndarray:
     """One direction of an LSTM / GRU split into the work that runs at different rates.
 
-    The input projection is one GEMM over all time steps; the hidden-state update is a GEMV per
-    step that re-reads the recurrent weights, and GRU's step (3 gates, reset applied after the
-    GEMV) costs differently per FLOP than LSTM's 4 gates. One roofline efficiency for both
-    parts left ONNX Runtime's LSTMs 25-30 % off even on shapes it was fitted on (a 100-step
+    The input projection can run as one GEMM over all time steps; the hidden-state update is a
+    GEMV per step that re-reads the recurrent weights. LSTM and GRU each get their own rate for
+    both: GRU's step (3 gates, reset applied after the GEMV) costs differently per FLOP, and
+    OpenVINO runs GRUSequence on its reference kernel, projection inside the step loop (one
+    rate for both cells left its GRUs 20-40 % under). One roofline efficiency for projection
+    and steps left ONNX Runtime's LSTMs 25-30 % off even on shapes it was fitted on (a 100-step
     LSTM with 512 inputs ran at 107 GFLOP/s, one with 40 inputs at 48).
     """
     a = sample.attrs
     rows, k, n, gates = a.get("m", 1.0), a.get("k", 0.0), a.get("n", 0.0), a.get("gates", 1.0)
     steps = a.get("steps", rows)  # files from before "steps" was recorded: batch 1
-    step_flops = 2.0 * rows * gates * n * n
-    gru = gates == 3
-    return np.array([2.0 * rows * gates * n * k, 0.0 if gru else step_flops, step_flops if gru else 0.0, steps, 1.0])
+    projection, step = 2.0 * rows * gates * n * k, 2.0 * rows * gates * n * n
+    if gates == 3:  # GRU
+        return np.array([0.0, projection, 0.0, step, steps, 1.0])
+    return np.array([projection, 0.0, step, 0.0, steps, 1.0])
+
+
+RECURRENT_TERMS = 6  # LSTM and GRU projection FLOPs, LSTM and GRU step FLOPs, steps, one
 
 
 def fit_recurrent(samples: Sequence[KernelSample]) -> list[float] | None:

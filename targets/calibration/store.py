@@ -88,7 +88,7 @@ class Calibration:
         return path
 
 
-FIT_VERSION = 5  # bump when features.py / fit.py change what a fitted predictor computes
+FIT_VERSION = 6  # bump when features.py / fit.py change what a fitted predictor computes
 
 
 def _predictor(calibration: Calibration, target: Target):
@@ -177,16 +177,16 @@ def parse_calibration(data: Any, where: Path) -> Calibration:
     if backend not in BACKENDS:
         raise CalibrationError(f"{where}: unknown backend '{backend}'")
     method = _require(data, "method", str, where)
-    from edgeopt.targets.calibration.fit import METHODS
+    from edgeopt.targets.calibration.fit import METHODS, RECURRENT_TERMS
 
     if method not in METHODS:
         raise CalibrationError(f"{where}: unknown method '{method}' (known: {', '.join(METHODS)})")
     factors = _require(data, "factors", dict, where)
     for key, value in factors.items():
         if key.startswith("recurrent/") and key.endswith("/terms"):  # fit.recurrent_terms' coefficients
-            if not (isinstance(value, list) and len(value) == 5 and all(
+            if not (isinstance(value, list) and len(value) == RECURRENT_TERMS and all(
                     isinstance(v, (int, float)) and v >= 0 for v in value)):
-                raise CalibrationError(f"{where}: factors['{key}'] must be five non-negative numbers")
+                raise CalibrationError(f"{where}: factors['{key}'] must be {RECURRENT_TERMS} non-negative numbers")
             continue
         if key.split("/")[0] not in CLASSES or not (isinstance(value, list) and len(value) == 3 and all(
                 isinstance(v, (int, float)) and v > 0 for v in value)):
