@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -44,6 +45,7 @@ from edgeopt.targets.calibration import read_calibration
 from edgeopt.targets.calibration.calibrate import calibrate
 from edgeopt.targets.calibration.reference import prepared_reference, reference_total, speed_ratio
 from edgeopt.targets.calibration.runners import make_runner
+from edgeopt.targets.calibration.store import CalibrationError
 from edgeopt.targets.cost import CostModel
 from tools.zoo import ZOO, build, example_inputs
 from tools.zoo.cnn import BasicBlock, ResNet
@@ -229,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", type=Path)
     a = p.parse_args(argv)
     target = get_target("host-cpu")
+    try:  # every file is read before minutes of timing, so a bad one fails at once
+        for path in [*([a.calibration] if a.calibration else []), *a.also]:
+            read_calibration(path)
+    except CalibrationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if a.calibration:
         calibration = read_calibration(a.calibration)
     else:
