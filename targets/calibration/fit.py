@@ -122,9 +122,9 @@ def factor_predict(samples: Sequence[KernelSample], lines: Sequence[Roofline], f
                    device_kind: str) -> np.ndarray:
     out = []
     for sample, line in zip(samples, lines, strict=True):
-        steps = factors.get(f"recurrent/{sample.precision}/terms") if sample.kind == "recurrent" else None
-        if steps is not None:
-            out.append(float(recurrent_terms(sample) @ np.asarray(steps)) * sample.attrs.get("directions", 1.0))
+        per_unit = factors.get(f"recurrent/{sample.precision}/terms") if sample.kind == "recurrent" else None
+        if per_unit is not None:
+            out.append(float(recurrent_terms(sample) @ np.asarray(per_unit)) * sample.attrs.get("directions", 1.0))
             continue
         params = factors.get(f"{sample.kind}/{sample.precision}") or factors.get(sample.kind) or \
             list(default_factors(sample.kind, device_kind))

@@ -60,9 +60,11 @@ class OpenVinoRunner(Runner):
                 path = Path(folder) / "model.onnx"
                 onnx.save(model, str(path))
             read = self.core.read_model(str(path))
-            shapes = {port.get_any_name(): list(feeds[name].shape) for port in read.inputs
-                      if port.get_partial_shape().is_dynamic
-                      for name in sorted(port.get_names() & set(feeds or {}))[:1]}
+            shapes = {}
+            for port in read.inputs:
+                fed = next((feeds[name] for name in port.get_names() if name in feeds), None) if feeds else None
+                if fed is not None and port.get_partial_shape().is_dynamic:
+                    shapes[port.get_any_name()] = list(fed.shape)
             if shapes:
                 read.reshape(shapes)
             return self.core.compile_model(read, self.ov_device, config)

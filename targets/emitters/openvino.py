@@ -119,12 +119,12 @@ class OpenVinoEmitter(Emitter):
                 # (AVX-512 VNNI) the plugin then ran that IR with cosine 0.61 against the ONNX model
                 # (OpenVINO 2026.4). The ONNX frontend's graph is what the plugin itself compiles.
                 converted = ov.Core().read_model(_load_for_frontend(model, Path(scratch)))
-                dynamic = [port.get_any_name() for port in converted.inputs if port.get_partial_shape().is_dynamic]
-                if opts.static_shapes and dynamic:
-                    # Symbolic dims bound to 1, as ReferenceExecutor.generate_inputs binds them.
-                    converted.reshape({port.get_any_name(): [d.get_length() if d.is_static else 1
-                                                             for d in port.get_partial_shape()]
-                                       for port in converted.inputs if port.get_any_name() in dynamic})
+                # Symbolic dims bound to 1, as ReferenceExecutor.generate_inputs binds them.
+                bound = {port.get_any_name(): [d.get_length() if d.is_static else 1 for d in port.get_partial_shape()]
+                         for port in converted.inputs if port.get_partial_shape().is_dynamic}
+                dynamic = list(bound)
+                if opts.static_shapes and bound:
+                    converted.reshape(bound)
                 ov.save_model(converted, xml, compress_to_fp16=opts.compress_to_fp16)
             except Exception as error:
                 raise UserError(f"backend 'openvino': conversion failed: {_first_line(error)}") from None

@@ -183,14 +183,13 @@ def adjust_for_drift(rows: list[dict], speed: float | None) -> None:
         row["drift_adjusted_error_pct"] = error_pct(row["predicted_ms"], row["measured_ms"], speed) if speed else None
 
 
-def score_against(target, backend: str, path: Path, loaded: list, rows: list[dict],
+def score_against(target, backend: str, calibration, loaded: list, rows: list[dict],
                   reference_now: float = 0.0) -> dict:
-    """Another calibration file's predictions scored against the timings ``rows`` already hold.
+    """Another calibration's predictions scored against the timings ``rows`` already hold.
 
     Calibration-to-calibration spread, with the machine's drift between bench runs taken out:
     every file is scored against the same measurements. ``loaded``: (name, model, bindings).
     """
-    calibration = read_calibration(path)
     cost = CostModel(target, backend, calibration)
     speed = speed_ratio(reference_now, calibration)
     errors, adjusted = {}, {}
@@ -201,7 +200,7 @@ def score_against(target, backend: str, path: Path, loaded: list, rows: list[dic
         if speed:
             adjusted[name] = error_pct(predicted, row["measured_ms"], speed)
     values = np.abs(list(errors.values()))
-    out = {"calibration": str(path), "within_10pct": float(np.mean(values <= 10)),
+    out = {"calibration": str(calibration.path), "within_10pct": float(np.mean(values <= 10)),
            "mean_abs_error_pct": float(np.mean(values)), "error_pct": errors, "speed_ratio": speed}
     if speed:
         out["drift_adjusted_within_10pct"] = float(np.mean(np.abs(list(adjusted.values())) <= 10))
@@ -232,13 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     target = get_target("host-cpu")
     try:  # every file is read before minutes of timing, so a bad one fails at once
-        for path in [*([a.calibration] if a.calibration else []), *a.also]:
-            read_calibration(path)
+        given = read_calibration(a.calibration) if a.calibration else None
+        others = [read_calibration(path) for path in a.also]
     except CalibrationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if a.calibration:
-        calibration = read_calibration(a.calibration)
+    if given is not None:
+        calibration = given
     else:
         began = time.perf_counter()
         calibration = calibrate(target, a.backend, budget_s=30.0 if a.quick else a.budget_s, threads=a.threads,
@@ -293,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{adjusted * 100:.0f}%"]
     # The run's own calibration first, so the table compares like with like.
     loaded = [(name, model, _bindings(model, feeds)) for name, model, feeds in
-              ((name, load_model(path), feeds) for name, path, feeds in zoo)] if a.also else []
-    also = [score_against(target, a.backend, Path(path), loaded, rows[:len(zoo)], reference_zoo)
-            for path in ([calibration.path, *a.also] if a.also else [])]
+              ((name, load_model(path), feeds) for name, path, feeds in zoo)] if others else []
+    also = [score_against(target, a.backend, other, loaded, rows[:len(zoo)], reference_zoo)
+            for other in ([calibration, *others] if others else [])]
     if also:
         lines += ["", "Same zoo timings, other calibrations:", "",
                   "| calibration | within ±10% | drift-adjusted | mean abs error | "
