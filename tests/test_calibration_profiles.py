@@ -33,11 +33,15 @@ def test_kernel_profile_times_every_kernel_inside_the_model(backend: str) -> Non
         inside = float(profile.kernels.sum())
         heavy = [i for i, k in enumerate(kernels) if k.kind in ("conv", "depthwise", "gemm")]
         assert heavy and all(profile.kernels[i] > 0 for i in heavy)  # ORT's renamed nodes were all found
-        # OpenVINO's PERF_COUNT slows small nodes (a 0.42 ms transformer stack profiled at 0.66 ms
-        # alone, at 1.1 ms beside another test's load); calibration scales a profile into the
-        # unprofiled time (KernelProfile.within), so the bound only rules out double counting.
-        upper = 3.0 if backend == "openvino" else 1.5
-        assert 0.5 * whole < inside + profile.reorder_s + profile.unattributed_s < upper * whole
+        # The node times fall inside the profiled runs (no double counting) and cover most of
+        # them; the unprofiled run is no bound, as profiling slows small nodes. OpenVINO's
+        # PERF_COUNT counts whole microseconds and books thread wake-ups (~25 us) on some nodes:
+        # over 24 profiles of a 0.4 ms transformer stack its node times added up to 0.9-1.3x
+        # their runs' time, 2.3x once; ORT's profiler spans nest inside the run's.
+        parts = inside + profile.reorder_s + profile.unattributed_s
+        upper = 3.0 if backend == "openvino" else 1.05
+        assert 0.5 * profile.run_s < parts < upper * profile.run_s
+        assert 0.5 * whole < parts  # no kernel went missing
         assert profile.unattributed_s < 0.25 * inside
     from edgeopt.targets.calibration.runners import OnnxRuntimeCudaRunner, TensorRTRunner
 

@@ -154,7 +154,7 @@ class OpenVinoRunner(Runner):
                 else:
                     unattributed[i] += seconds
         ratio = min(1.0, float(np.median(cpu) / np.median(wall))) if self.clock == "cpu" else 1.0
-        return KernelProfile.median_of(per_run, reorder, unattributed, ratio)
+        return KernelProfile.median_of(per_run, reorder, unattributed, wall, ratio)
 
     def runtime(self) -> dict[str, str]:
         import openvino as ov

@@ -238,11 +238,12 @@ class OnnxRuntimeRunner(Runner):
                 reorder[i] += e["dur"] * 1e-6
             else:
                 unattributed[i] += e["dur"] * 1e-6
+        walls = [(b - a) * 1e-6 for a, b in spans] or [0.0]
         ratio = 1.0
         if self.clock == "cpu" and spans:
-            wall = np.median([(b - a) * 1e-6 for a, b in spans])
+            wall = float(np.median(walls))
             ratio = min(1.0, float(np.median(cpu[-len(spans):])) / wall) if wall > 0 else 1.0
-        return KernelProfile.median_of(per_run, reorder, unattributed, ratio)
+        return KernelProfile.median_of(per_run, reorder, unattributed, walls, ratio)
 
 
 @dataclass
@@ -252,13 +253,14 @@ class KernelProfile:
     kernels: np.ndarray
     reorder_s: float  # layout conversions the backend inserted
     unattributed_s: float  # nodes the backend renamed beyond recognition (fused activations)
+    run_s: float = 0.0  # the profiled runs' own median time: their node times add up to at most this
 
     @classmethod
-    def median_of(cls, per_run: np.ndarray, reorder: np.ndarray, unattributed: np.ndarray, ratio: float
-                  ) -> KernelProfile:
+    def median_of(cls, per_run: np.ndarray, reorder: np.ndarray, unattributed: np.ndarray,
+                  run_wall: Sequence[float], ratio: float) -> KernelProfile:
         """The per-run timings' medians, times ``ratio`` (the runs' CPU/wall ratio on the cpu clock)."""
         return cls(np.median(per_run, 0) * ratio, float(np.median(reorder)) * ratio,
-                   float(np.median(unattributed)) * ratio)
+                   float(np.median(unattributed)) * ratio, float(np.median(run_wall)) * ratio)
 
     def within(self, total_s: float) -> KernelProfile:
         """Scaled down, if need be, so its node times fit in ``total_s`` (the model timed unprofiled).
@@ -268,7 +270,7 @@ class KernelProfile:
         """
         profiled = float(self.kernels.sum()) + self.reorder_s + self.unattributed_s
         f = min(1.0, total_s / profiled) if profiled > 0 and total_s > 0 else 1.0
-        return KernelProfile(self.kernels * f, self.reorder_s * f, self.unattributed_s * f)
+        return KernelProfile(self.kernels * f, self.reorder_s * f, self.unattributed_s * f, self.run_s * f)
 
 
 def _per_run(events: list[dict], spans: list[tuple[float, float]]) -> Iterator[tuple[dict, int]]:
