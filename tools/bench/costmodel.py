@@ -132,34 +132,37 @@ def models(folder: Path, only: set[str] | None) -> tuple[list, list]:
     return zoo, variants
 
 
-def evaluate(cost: CostModel, runner, entries: list, group: str, rounds: int = 3,
+def evaluate(cost: CostModel, runner, entries: list[tuple[str, str, Path, dict]], rounds: int = 8,
              reference: list | None = None) -> tuple[list[dict], float]:
-    """Predict each model, then time them all in ``rounds`` interleaved rounds and keep each one's least loaded.
+    """Predict each (group, name, path, feeds), then time them all in ``rounds`` interleaved rounds.
 
-    The prepared ``reference`` networks (calibration/reference.py) are timed in the same rounds;
-    returns the rows and the reference's seconds now (0 without one).
+    Each model keeps its least loaded round. The prepared ``reference`` networks
+    (calibration/reference.py) are timed in the same rounds; returns the rows and the
+    reference's seconds now (0 without one).
 
     Timing every model once per round, instead of each model in one go, spreads each model's
-    measurement over the whole run: on this shared machine memory-bound models re-time 10-30 %
-    apart a minute later (other tenants' load on the L3 and DRAM), and one window per model
-    put that swing straight into its error.
+    measurement over the whole run: on this shared machine models re-time 10-35 % apart a
+    minute later (other tenants' load on the L3 and DRAM; an EfficientNet-B0 on OpenVINO took
+    24.5 ms and, minutes later, 17.9 ms), and one window per model put that swing straight into
+    its error. Zoo and variants share the rounds, so each round spans every model: a ResNet-18
+    timed 42.8 ms among the zoo and 52.9 ms among the variants when each group had its own.
     """
-    models = [load_model(path) for _, path, _ in entries]
+    models = [load_model(path) for _, _, path, _ in entries]
     estimates = []
-    for model, (_, _, feeds) in zip(models, entries, strict=True):
+    for model, (_, _, _, feeds) in zip(models, entries, strict=True):
         cost.bindings = _bindings(model, feeds)
         estimates.append(cost.estimate(model))
-    runs = [(runner.prepare(path), feeds) for _, path, feeds in entries]
+    runs = [(runner.prepare(path), feeds) for _, _, path, feeds in entries]
+    reference = reference or []
 
     def report(round_: int, done: int) -> None:
         if done == len(runs) + len(reference):
-            print(f"  {group}: timing round {round_ + 1}/{rounds} done", flush=True)
+            print(f"  timing round {round_ + 1}/{rounds} done", flush=True)
 
-    reference = reference or []
     times = runner.interleaved(runs + reference, rounds, report)
     reference_now = reference_total(times[len(runs):]) if reference else 0.0
     rows = []
-    for (name, _, _), estimate, measured_runs in zip(entries, estimates, times[:len(runs)], strict=True):
+    for (group, name, _, _), estimate, measured_runs in zip(entries, estimates, times[:len(runs)], strict=True):
         predicted, measured = estimate.latency_s, runner.settled(measured_runs)
         rows.append({"group": group, "model": name, "gflops": estimate.flops / 1e9, "kernels": len(estimate.kernels),
                      "predicted_ms": predicted * 1e3, "measured_ms": measured * 1e3,
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                    help="wall time, or one-thread CPU time (steady under other jobs' load; forces 1 thread)")
     p.add_argument("--quick", action="store_true", help="quick calibration (a smoke test of this script)")
-    p.add_argument("--rounds", type=int, default=5,
+    p.add_argument("--rounds", type=int, default=8,
                    help="interleaved timing rounds per model (each model's least loaded round is reported)")
     p.add_argument("--models", type=Path, default=Path("/tmp/edgeopt-costmodel-models"))
     p.add_argument("--only", default="", help="comma-separated zoo models (default: all)")
@@ -248,12 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     runner = make_runner(a.backend, "cpu", a.threads, budget_s=2.0 / a.rounds, statistic=a.statistic,
                          clock=a.clock)
     reference = prepared_reference(runner)
-    held, reference_zoo = evaluate(cost, runner, zoo, "zoo", a.rounds, reference)
-    var, reference_variants = evaluate(cost, runner, variants, "variant", a.rounds, reference)
-    speed = speed_ratio(reference_zoo, calibration)
-    adjust_for_drift(held, speed)
-    adjust_for_drift(var, speed_ratio(reference_variants, calibration))
-    rows = held + var
+    entries = [("zoo", *z) for z in zoo] + [("variant", *v) for v in variants]
+    rows, reference_now = evaluate(cost, runner, entries, a.rounds, reference)
+    speed = speed_ratio(reference_now, calibration)
+    adjust_for_drift(rows, speed)
+    held, var = rows[:len(zoo)], rows[len(zoo):]
     within = float(np.mean([abs(r["error_pct"]) <= 10 for r in held])) if held else 0.0
     adjusted = float(np.mean([abs(r["drift_adjusted_error_pct"]) <= 10 for r in held])) if held and speed else None
     tau = float(kendalltau([r["predicted_ms"] for r in var], [r["measured_ms"] for r in var]).statistic)
@@ -287,13 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"(not a bar) within ±10% against each model's median over rounds instead: {against_median * 100:.0f}%"]
     if speed:
         # Not a bar of its own: what the zoo share is once the machine's own drift is taken out.
-        lines += [f"reference networks: {reference_zoo * 1e3:.2f} ms now, {calibration.reference_s * 1e3:.2f} ms at "
+        lines += [f"reference networks: {reference_now * 1e3:.2f} ms now, {calibration.reference_s * 1e3:.2f} ms at "
                   f"calibration (machine x{speed:.3f}); within ±10% with predictions scaled by it: "
                   f"{adjusted * 100:.0f}%"]
     # The run's own calibration first, so the table compares like with like.
     loaded = [(name, model, _bindings(model, feeds)) for name, model, feeds in
               ((name, load_model(path), feeds) for name, path, feeds in zoo)] if others else []
-    also = [score_against(target, a.backend, other, loaded, rows[:len(zoo)], reference_zoo)
+    also = [score_against(target, a.backend, other, loaded, rows[:len(zoo)], reference_now)
             for other in ([calibration, *others] if others else [])]
     if also:
         lines += ["", "Same zoo timings, other calibrations:", "",
