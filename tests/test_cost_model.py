@@ -152,6 +152,34 @@ def test_unknown_backend_is_a_user_error() -> None:
         CostModel(get_target("host-cpu"), "tflite", use_cache=False)
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_fp16_costs_what_fp32_does_on_a_cpu_without_fp16_math(backend: str) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = single_conv()
+    half = ir.serde.deserialize_model(convert_float_to_float16(ir.serde.serialize_model(model), keep_io_types=True))
+    half.graph.sort()
+    native_spec = {**ONE_GFLOPS_TARGET, "precisions": ["fp32", "fp16", "int8"],
+                   "compute": {**ONE_GFLOPS_TARGET["compute"], "fp16": 0.002},
+                   "sources": {**ONE_GFLOPS_TARGET["sources"], "compute.fp16": "test"}}
+    plain = CostModel(target_from_dict(ONE_GFLOPS_TARGET), backend, use_cache=False)
+    native = CostModel(target_from_dict(native_spec), backend, use_cache=False)
+
+    def conv(cost: CostModel, m: ir.Model, precision: dict[str, str] | None = None):
+        return next(k for k in cost.estimate(m, precision).kernels if k.kernel.kind == "conv")
+
+    # The backend casts the graph up and runs its fp32 conv: same precision, bytes and time.
+    widened, fp32 = conv(plain, half), conv(plain, model)
+    assert plain.fp16_runs_as_fp32 and widened.kernel.precision == "fp32"
+    assert widened.kernel.activation_bytes == fp32.kernel.activation_bytes
+    assert widened.seconds == pytest.approx(fp32.seconds)
+    assert conv(plain, model, {"conv": "fp16"}).seconds == pytest.approx(fp32.seconds)  # asked for, same answer
+    # Where the CPU computes in fp16, the fp16 conv keeps its precision and the faster rate.
+    assert not native.fp16_runs_as_fp32
+    assert conv(native, half).kernel.precision == "fp16"
+    assert conv(native, half).seconds < conv(native, model).seconds
+
+
 def test_host_int8_peak_reflects_the_isa() -> None:
     from edgeopt.targets.cost import effective_peak
 

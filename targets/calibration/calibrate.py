@@ -94,8 +94,8 @@ def _precisions(target: Target, backend: str) -> set[str]:
     wanted = {"fp32"}
     if "int8" in target.precisions:
         wanted.add("int8")
-    if "fp16" in target.precisions or backend == "onnxruntime":
-        wanted.add("fp16")  # ORT runs fp16 graphs on any CPU (with casts where it lacks kernels)
+    if "fp16" in target.precisions:  # elsewhere fp16 kernels cost fp32 ones (CostModel.fp16_runs_as_fp32)
+        wanted.add("fp16")
     return wanted
 
 
