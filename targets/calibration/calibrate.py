@@ -127,9 +127,9 @@ class Calibrator:
                 # A benchmark that sets its kernel in context (the conv an int8 MaxPool follows,
                 # bench._pooling) times that kernel alone, inside it: no predictor knows the context.
                 # So does every int8 one on ORT: it runs a lone QLinearConv behind NHWC Transposes
-                # that a quantized model pays once, and whole-run samples put ResNet-18 int8's
-                # convs 24 % over (12.8 % profiled). OpenVINO's profile books part of a lone int8
-                # conv on its FakeQuantize nodes: profiled, the same model came out 35 % under.
+                # that a quantized model pays once: whole-run samples put a ResNet-18 int8 24 %
+                # over, profiled ones 12.8 %. OpenVINO's profile books part of a lone int8 conv
+                # on its FakeQuantize nodes: profiled, the same model came out 35 % under.
                 main = max(own, key=lambda k: (k.flops, k.bytes))
                 profile = self.runner.kernel_profile(proto, feeds, kernel_owners(kernels), len(kernels))
                 self._keep(spec, main, float(profile.kernels[kernels.index(main)]), [])

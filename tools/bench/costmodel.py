@@ -20,9 +20,9 @@ Measurement uses the runner calibration uses: the product's session options (ORT
 OpenVINO LATENCY hint) and a fixed thread count (2). ``--clock cpu`` times one-thread CPU time
 instead of wall time, for both calibration and measurement: on a machine other jobs share, a
 whole model's wall time swings with their load while its CPU time does not (runners.py). Each
-model is timed in ``--rounds`` interleaved rounds (every model once per round) and its least
-loaded round kept (``Runner.settled``), so a minute of heavier load on the shared caches does
-not land on one model alone.
+model is timed in ``--rounds`` interleaved rounds (every zoo model and variant once per round)
+and its least loaded round kept (``Runner.settled``, as calibration keeps its networks'), so a
+minute of heavier load on the shared caches does not land on one model alone.
 Each row also carries the median over rounds (``measured_median_ms``).
 """
 
