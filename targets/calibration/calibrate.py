@@ -121,15 +121,12 @@ class Calibrator:
             kernels, _ = _model_kernels(proto, self.backend)
             work = [k for k in kernels if k.kind not in ("free", "shape")]
             own = [k for k in work if k.kind == spec.family]
-            lone_int8 = spec.precision == "int8" and self.backend == "onnxruntime"
+            lone_int8 = spec.precision == "int8" and self.runner.profiles_lone_int8
             if own and self.runner.profiles_kernels and (lone_int8 or any(
                     k.kind not in (spec.family, "elementwise", "data") for k in work)):
                 # A benchmark that sets its kernel in context (the conv an int8 MaxPool follows,
                 # bench._pooling) times that kernel alone, inside it: no predictor knows the context.
-                # So does every int8 one on ORT: it runs a lone QLinearConv behind NHWC Transposes
-                # that a quantized model pays once: whole-run samples put a ResNet-18 int8 24 %
-                # over, profiled ones 12.8 %. OpenVINO's profile books part of a lone int8 conv
-                # on its FakeQuantize nodes: profiled, the same model came out 35 % under.
+                # So does every int8 one where the runner says so (Runner.profiles_lone_int8).
                 main = max(own, key=lambda k: (k.flops, k.bytes))
                 profile = self.runner.kernel_profile(proto, feeds, kernel_owners(kernels), len(kernels))
                 self._keep(spec, main, float(profile.kernels[kernels.index(main)]), [])

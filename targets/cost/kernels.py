@@ -185,8 +185,11 @@ def _is_const(value: ir.Value | None, constants: set[str]) -> bool:
 
 
 def group_kernels(model: ir.Model, shapes: Mapping[str, tuple[int, ...]], backend: str,
-                  precision: Mapping[str, str] | None = None) -> list[Kernel]:
-    """The kernels ``backend`` runs for ``model``, in execution order."""
+                  precision: Mapping[str, str] | None = None, fp16_as_fp32: bool = False) -> list[Kernel]:
+    """The kernels ``backend`` runs for ``model``, in execution order.
+
+    ``fp16_as_fp32``: the backend computes fp16 nodes in fp32 (CostModel.fp16_runs_as_fp32).
+    """
     rules = RULES.get(backend, RULES["tvm"])
     precision = precision or {}
     graph = model.graph
@@ -264,7 +267,7 @@ def group_kernels(model: ir.Model, shapes: Mapping[str, tuple[int, ...]], backen
     from edgeopt.targets.cost.measure import measure_kernel  # measure needs this module's tables
 
     for kernel in kernels:
-        measure_kernel(kernel, shapes, constants, precision)
+        measure_kernel(kernel, shapes, constants, precision, fp16_as_fp32)
     return kernels
 
 

@@ -46,7 +46,7 @@ def _graph_precision(kernel: Kernel) -> str:
 
 
 def measure_kernel(kernel: Kernel, shapes: Mapping[str, tuple[int, ...]], constants: set[str],
-                   precision: Mapping[str, str]) -> None:
+                   precision: Mapping[str, str], fp16_as_fp32: bool = False) -> None:
     """FLOPs, bytes crossing the kernel boundary, weights, and shape features."""
     inside = {id(v) for n in kernel.nodes for v in n.outputs}
     anchor = next((n for n in kernel.nodes if n.op_type not in _QDQ), kernel.nodes[0])
@@ -54,6 +54,8 @@ def measure_kernel(kernel: Kernel, shapes: Mapping[str, tuple[int, ...]], consta
     requested = precision.get(anchor.name or "") or next(
         (precision[n.name] for n in kernel.nodes if n.name in precision), None)
     kernel.precision = requested or _graph_precision(kernel)
+    if fp16_as_fp32 and kernel.precision == "fp16":
+        requested = kernel.precision = "fp32"  # priced as the fp32 kernel the backend runs instead
     override = requested is not None
     act = _ACT_SIZE[kernel.precision]
     kernel.flops = sum(node_flops(n, shapes) for n in kernel.nodes if n.op_type not in _QDQ) or sum(

@@ -135,13 +135,8 @@ class CostModel:
     def kernels(self, model: ir.Model, precision: Mapping[str, str] | None = None,
                 shapes: Mapping[str, tuple[int, ...]] | None = None) -> list[Kernel]:
         _check_precisions(precision)
-        shapes = shapes if shapes is not None else self.shapes(model)
-        kernels = group_kernels(model, shapes, self.backend, precision)
-        if self.fp16_runs_as_fp32:
-            widened = {n.name: "fp32" for k in kernels if k.precision == "fp16" for n in k.nodes if n.name}
-            if widened:
-                kernels = group_kernels(model, shapes, self.backend, {**(precision or {}), **widened})
-        return kernels
+        return group_kernels(model, shapes if shapes is not None else self.shapes(model), self.backend, precision,
+                             self.fp16_runs_as_fp32)
 
     @property
     def fp16_runs_as_fp32(self) -> bool:
