@@ -189,3 +189,30 @@ def test_composition_fit_takes_a_bounded_dispatch_credit() -> None:
     assert fit_composition(rows, 5e-5)["per_kernel_s"] >= -5e-6  # never an unbounded credit
 
 
+
+
+
+def _conv_sample(cin: int, cout: int, k: int, hw: int, silu: bool) -> KernelSample:
+    out = cout * hw * hw
+    attrs = {"out_elems": float(out), "k": float(k * k), "stride": 1.0, "cin": float(cin), "cout": float(cout),
+             "hw": float(hw * hw), "group": 1.0, "transcendental": float(out if silu else 0)}
+    return KernelSample("conv", "fp32", 2.0 * cin * cout * k * k * hw * hw, 4.0 * (cin + cout) * hw * hw,
+                        4.0 * cin * cout * k * k, attrs)
+
+
+def test_features_weigh_an_epilogue_against_the_kernels_own_work() -> None:
+    """Same SiLU element count, a narrow 1x1 conv and a wide 3x3 one: only their share of the work tells them apart.
+
+    The calibration's SiLU convs on large maps were narrow 1x1s (memory-bound, 15-19 GFLOP/s on
+    OpenVINO); with the transcendental count alone GradientBoosting priced YOLOv8n's 64-channel
+    3x3 SiLU convs on 80x80 maps like them, at 1.33-1.43x their measured time.
+    """
+    from edgeopt.targets.cost.features import FEATURE_NAMES, feature_vector
+
+    narrow, wide, relu = _conv_sample(24, 64, 1, 80, True), _conv_sample(64, 64, 3, 80, True), \
+        _conv_sample(64, 64, 3, 80, False)
+    a, b, c = (feature_vector(s, 1e-3, 1e-3) for s in (narrow, wide, relu))
+    assert len(a) == len(FEATURE_NAMES)
+    count, share = FEATURE_NAMES.index("transcendental"), FEATURE_NAMES.index("transcendental_share")
+    assert a[count] == b[count] > c[count] == 0.0  # the count alone is the same
+    assert a[share] > b[share] > c[share] == 0.0

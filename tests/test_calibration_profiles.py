@@ -149,3 +149,52 @@ def test_calibration_networks_draw_each_from_its_own_stream(monkeypatch: pytest.
     original = nets.cnn
     monkeypatch.setattr(nets, "cnn", lambda rng: (rng.random(), original(rng))[1])  # one draw more
     assert stacks() == before and len(before) == 3
+
+
+def test_calibration_networks_hold_csp_blocks() -> None:
+    """C2f blocks as YOLOv8 builds them: SiLU 3x3 convs, conv outputs halved (Split or Slices) and Concatenated."""
+    from edgeopt.targets.calibration.networks import networks
+
+    halves: set[str] = set()
+    concat_of_convs = silu_3x3 = 0
+    for _name, proto, _feeds in networks(50):
+        producer = {out: n for n in proto.graph.node for out in n.output}
+        users: dict[str, list[str]] = {}
+        for n in proto.graph.node:
+            for name in n.input:
+                users.setdefault(name, []).append(n.op_type)
+        for node in proto.graph.node:
+            if node.op_type in ("Split", "Slice") and producer[node.input[0]].op_type == "Mul":
+                halves.add(node.op_type)  # the halves of a SiLU conv's output
+            if node.op_type == "Concat" and len(node.input) >= 3:
+                concat_of_convs += all(producer[i].op_type in ("Mul", "Add", "Split", "Slice") for i in node.input)
+            if node.op_type == "Conv":
+                kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), [])
+                group = next((a.i for a in node.attribute if a.name == "group"), 1)
+                normalized = next(n for n in proto.graph.node if node.output[0] in n.input).output[0]
+                silu_3x3 += kernel == [3, 3] and group == 1 and "Sigmoid" in users.get(normalized, [])
+    assert halves == {"Split", "Slice"}
+    assert concat_of_convs >= 10 and silu_3x3 >= 20
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("op", ["Concat", "Split", "Slice"])
+def test_data_benchmarks_time_the_op_between_convs(backend: str, op: str) -> None:
+    """A Concat of graph inputs ran in place on OpenVINO (0 us, so no sample); between convs it is timed alone."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    from edgeopt.targets.calibration import bench
+    from edgeopt.targets.calibration.calibrate import Calibrator, Settings
+    from edgeopt.targets.catalog import get_target
+
+    proto, _ = bench.build(bench.Spec("data", {"op": op, "c": 64, "hw": 40, "vocab": 1000, "parts": 3}))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count(op) == 1 and "Conv" in ops and not {i.name for i in proto.graph.input} & {
+        i for n in proto.graph.node if n.op_type == op for i in n.input}
+    calibrator = Calibrator(get_target("host-cpu"), backend, Settings(quick=True, clock="cpu"))
+    calibrator._measure(bench.Spec("data", {"op": op, "c": 64, "hw": 40, "vocab": 1000, "parts": 3}), 0)
+    assert calibrator.failed == 0 and len(calibrator.samples) == 1
+    sample = calibrator.samples[0]
+    # Only the data op's own time: far less than its depthwise convs, far more than nothing.
+    moved = sample.activation_bytes
+    assert sample.kind == "data" and 1e-6 < sample.seconds < moved / 1e9, (sample.seconds, moved)

@@ -71,6 +71,28 @@ def _inverted_relu6(b: _Builder, rng: np.random.Generator, x: str, c: int) -> st
     return _conv(b, z, e, c, 1, 1, act=None)
 
 
+def _c2f(b: _Builder, rng: np.random.Generator, x: str, c: int) -> str:
+    """A CSP block as YOLOv5/v8 build it: 1x1 conv, its output halved, bottlenecks on one half, Concat, 1x1 conv.
+
+    Every conv takes SiLU. The halves come as a Split or as two Slices (torch exports ``chunk``
+    as the latter). These give the calibration SiLU 3x3 convs and Concats of conv outputs in
+    context, which no other network here has.
+    """
+    half = c // 2
+    z = _conv(b, x, c, 2 * half, 1, 1, act="SiLU")
+    if rng.random() < 0.5:
+        parts = list(b.node("Split", [z, b.const_int(np.array([half, half], np.int64))], outputs=2, axis=1))
+    else:
+        axis = b.const_int(np.array([1], np.int64))
+        parts = [b.node("Slice", [z, b.const_int(np.array([lo], np.int64)),
+                                  b.const_int(np.array([lo + half], np.int64)), axis]) for lo in (0, half)]
+    blocks = int(rng.integers(1, 3))
+    for _ in range(blocks):
+        h = _conv(b, _conv(b, parts[-1], half, half, 3, 1, act="SiLU"), half, half, 3, 1, act="SiLU")
+        parts.append(b.node("Add", [parts[-1], h]) if rng.random() < 0.5 else h)
+    return _conv(b, b.node("Concat", parts, axis=1), (2 + blocks) * half, c, 1, 1, act="SiLU")
+
+
 def cnn(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     b = _Builder("fp32", int(rng.integers(1 << 30)))
     res = int(rng.choice([128, 160, 224]))
@@ -86,15 +108,17 @@ def cnn(rng: np.random.Generator) -> tuple[onnx.ModelProto, dict[str, np.ndarray
     c = width
     for stage in range(int(rng.integers(3, 6))):
         cout = min(c * 2, 512) if stage else c  # ResNet/MobileNet-sized, not larger
-        style = str(rng.choice(["plain", "residual", "inverted"]))
+        style = str(rng.choice(["plain", "residual", "inverted", "csp"]))
         if style == "inverted" and stage and modern:
             # MobileNetV2/V3 and EfficientNet downsample in a block's depthwise conv, not a full conv.
             y, c = _inverted(b, rng, y, c, cout, stride=2), cout
         else:
-            y = _conv(b, y, c, cout, 3, 2 if stage else 1)
+            y = _conv(b, y, c, cout, 3, 2 if stage else 1, act="SiLU" if style == "csp" else "Relu")
             c = cout
         for _ in range(int(rng.integers(1, 4))):
-            if style == "residual":
+            if style == "csp":
+                y = _c2f(b, rng, y, c)
+            elif style == "residual":
                 z = _conv(b, y, c, c, 3, 1)
                 z = _conv(b, z, c, c, 3, 1, act=None)
                 y = b.node("Relu", [b.node("Add", [y, z])])

@@ -130,9 +130,9 @@ def _softmax_params(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def _data_params(rng: np.random.Generator) -> dict[str, Any]:
-    return {"op": str(_choice(rng, ("Transpose", "Concat", "Slice", "Resize", "Gather"))),
+    return {"op": str(_choice(rng, ("Transpose", "Concat", "Concat", "Split", "Slice", "Resize", "Gather"))),
             "c": int(_choice(rng, (16, 32, 64, 128, 192, 256))), "hw": int(_choice(rng, (7, 14, 20, 28, 40, 56, 80))),
-            "vocab": int(_choice(rng, (1000, 8000, 30522)))}
+            "vocab": int(_choice(rng, (1000, 8000, 30522))), "parts": int(_choice(rng, (2, 3, 4)))}
 
 
 def _recurrent_params(rng: np.random.Generator) -> dict[str, Any]:

@@ -88,7 +88,7 @@ class Calibration:
         return path
 
 
-FIT_VERSION = 6  # bump when features.py / fit.py change what a fitted predictor computes
+FIT_VERSION = 7  # bump when features.py / fit.py change what a fitted predictor computes
 
 
 def _predictor(calibration: Calibration, target: Target):

@@ -44,6 +44,10 @@ class KernelSample:
 
 _ATTRS = ("out_elems", "k", "stride", "cin", "cout", "hw", "m", "n", "in_elems", "last", "transcendental", "gates",
           "directions")
+# What each entry of feature_vector is, in order (for reading a fitted regressor's importances).
+FEATURE_NAMES = ("flops", "activation_bytes", "weight_bytes", "compute_over_memory", "compute_us", "memory_us",
+                 "depthwise", "transcendental_share", *_ATTRS, *(f"is_{c}" for c in CLASSES),
+                 *(f"is_{p}" for p in PRECISIONS))
 
 
 def feature_vector(sample: KernelSample, compute_s: float, memory_s: float) -> np.ndarray:
@@ -54,9 +58,15 @@ def feature_vector(sample: KernelSample, compute_s: float, memory_s: float) -> n
         return math.log1p(max(x, 0.0))
 
     depthwise = 1.0 if a.get("group", 1) > 1 and a.get("group", 1) == a.get("cin", 0) else 0.0
+    # An epilogue's transcendentals against the kernel's own work as well as in absolute count:
+    # with the count alone, GradientBoosting read the slow SiLU 1x1 convs of narrow inputs
+    # (memory-bound, 15-19 GFLOP/s) onto every SiLU conv with a large map, and put OpenVINO's
+    # 64x64 3x3 SiLU convs on 80x80 maps (YOLOv8n's neck) at 1.33-1.43x their measured time
+    # (a SiLU post-op costs them 6 % over ReLU).
+    transcendental_share = lg(1e3 * a.get("transcendental", 0.0) / max(sample.flops, 1.0))
     values = [lg(sample.flops), lg(sample.activation_bytes), lg(sample.weight_bytes),
               math.log((compute_s + 1e-12) / (memory_s + 1e-12)), lg(compute_s * 1e6), lg(memory_s * 1e6),
-              depthwise, *(lg(a.get(key, 0.0)) for key in _ATTRS)]
+              depthwise, transcendental_share, *(lg(a.get(key, 0.0)) for key in _ATTRS)]
     values += [1.0 if sample.kind == c else 0.0 for c in CLASSES]
     values += [1.0 if sample.precision == p else 0.0 for p in PRECISIONS]
     return np.asarray(values, dtype=np.float64)
