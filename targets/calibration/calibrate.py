@@ -125,7 +125,8 @@ class Calibrator:
             if own and self.runner.profiles_kernels and (lone_int8 or any(
                     k.kind not in (spec.family, "elementwise", "data") for k in work)):
                 # A benchmark that sets its kernel in context (the conv an int8 MaxPool follows,
-                # bench._pooling) times that kernel alone, inside it: no predictor knows the context.
+                # bench._pooling; the convs around a Concat, bench._data) times that kernel alone,
+                # inside it: no predictor knows the context.
                 # So does every int8 one where the runner says so (Runner.profiles_lone_int8).
                 main = max(own, key=lambda k: (k.flops, k.bytes))
                 profile = self.runner.kernel_profile(proto, feeds, kernel_owners(kernels), len(kernels))
