@@ -117,7 +117,9 @@ def test_quick_calibration_round_trip(quick_calibration: tuple[Path, str], tmp_p
     in_model = [s for s in calibration.samples if s.label.startswith("in ")]
     assert len(in_model) == calibration.validation["in_model_samples"] > 10
     assert {s.kind for s in in_model} >= {"conv", "gemm"} and all(s.seconds > 0 for s in in_model)
-    assert len(calibration.validation["composition_profiles"]) == 3  # --quick times three networks
+    # --quick times three float networks and one quantized to int8, whose kernels train the int8 fit
+    assert len(calibration.validation["composition_profiles"]) == 4
+    assert any(s.precision == "int8" and s.kind == "conv" and s.label.startswith("in cnn-int8") for s in in_model)
     # The machine-speed probe, at the start and at the end, stored with the file.
     probes = calibration.validation["reference_probes_s"]
     assert len(probes) == 2 and all(p > 0 for p in probes)

@@ -2,41 +2,32 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-import onnx
 import pytest
 
 from edgeopt.targets import get_target
 from edgeopt.targets.calibration import bench
 from edgeopt.targets.calibration.calibrate import Calibrator, Settings, _model_kernels, kernel_owners
-from edgeopt.targets.calibration.networks import networks
+from edgeopt.targets.calibration.networks import quantized_networks
 from edgeopt.targets.calibration.runners import make_runner
 
 
-def _quantized(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], folder: Path) -> onnx.ModelProto:
-    """``proto`` as onnxruntime.quantization writes a static QDQ model (what users deploy)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter([feeds])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.items, None)
-
-    source, target = folder / "fp32.onnx", folder / "int8.onnx"
-    onnx.save(proto, str(source))
-    quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return onnx.load(str(target))
+def test_calibration_quantizes_cnns_as_users_do() -> None:
+    """The int8 composition networks: every conv between a DequantizeLinear and a QuantizeLinear, BN folded."""
+    (_name, quantized, feeds), = quantized_networks(1)
+    producer = {out: n.op_type for n in quantized.graph.node for out in n.output}
+    consumers = {name: n.op_type for n in quantized.graph.node for name in n.input}
+    convs = [n for n in quantized.graph.node if n.op_type == "Conv"]
+    assert len(convs) >= 5 and "BatchNormalization" not in producer.values()
+    assert all(producer[c.input[0]] == producer[c.input[1]] == "DequantizeLinear" for c in convs)
+    assert all(consumers[c.output[0]] == "QuantizeLinear" for c in convs)
+    kernels, _ = _model_kernels(quantized, "onnxruntime")
+    assert sum(k.precision == "int8" and k.kind in ("conv", "depthwise") for k in kernels) == len(convs)
+    assert set(feeds) == {i.name for i in quantized.graph.input}
 
 
-def test_profile_of_a_qdq_cnn_finds_every_quantized_conv(tmp_path: Path) -> None:
+def test_profile_of_a_qdq_cnn_finds_every_quantized_conv() -> None:
     # ORT fuses DQ -> Conv -> Q into a QLinearConv named after the Conv plus "_token_<n>".
-    _name, proto, feeds = networks(2, seed=0)[1]
-    quantized = _quantized(proto, feeds, tmp_path)
+    (_name, quantized, feeds), = quantized_networks(1)
     kernels, _ = _model_kernels(quantized, "onnxruntime")
     runner = make_runner("onnxruntime", "cpu", threads=1, budget_s=0.05, clock="cpu")
     profile = runner.kernel_profile(quantized, feeds, kernel_owners(kernels), len(kernels))

@@ -7,9 +7,10 @@
    with the elementwise fit so each sample is one kernel's own time;
 3. adaptive sampling: re-sample next to the configurations the held-out predictor
    gets most wrong, while the budget lasts (nn-Meter, MobiSys 2021);
-4. time random composition networks (interleaved rounds) to fit how kernel times add up in a
-   model (composition.py); where the runner profiles kernels (ONNX Runtime, OpenVINO), each
-   network's kernels are also timed inside it, and those timings join the predictor's samples;
+4. time random composition networks (interleaved rounds; CNNs quantized to int8 QDQ among them
+   where the target runs int8) to fit how kernel times add up in a model (composition.py);
+   where the runner profiles kernels (ONNX Runtime, OpenVINO), each network's kernels are
+   also timed inside it, and those timings join the predictor's samples;
 5. pick factors / Ridge / GradientBoosting by held-out error, and read each class's remaining
    scale off the profiled networks (or fit the composition on their totals).
 """
@@ -38,7 +39,7 @@ from edgeopt.targets.calibration.fit import (
     heldout_errors,
     lines_for,
 )
-from edgeopt.targets.calibration.networks import networks
+from edgeopt.targets.calibration.networks import networks, quantized_networks
 from edgeopt.targets.calibration.reference import ROUNDS, reference_id, reference_seconds
 from edgeopt.targets.calibration.runners import KernelProfile, Runner, make_runner
 from edgeopt.targets.calibration.store import Calibration, host_fingerprint
@@ -80,6 +81,10 @@ class Settings:
     @property
     def composition_count(self) -> int:
         return 3 if self.quick else 50  # about 40 s of timing and profiling here (3 rounds)
+
+    @property
+    def quantized_count(self) -> int:
+        return 1 if self.quick else 8  # about 3 s each to quantize (onnxruntime.quantization)
 
 
 def _model_kernels(proto: onnx.ModelProto, backend: str) -> tuple[list[Kernel], int]:
@@ -246,6 +251,8 @@ class Calibrator:
         """
         s = self.settings
         nets = networks(s.composition_count, s.seed)
+        if "int8" in _precisions(self.target):
+            nets += quantized_networks(s.quantized_count, s.seed)
         profiling = self.runner.profiles_kernels
         timed, runs = [], []
         for i, (name, proto, feeds) in enumerate(nets):

@@ -43,6 +43,7 @@ from edgeopt.ir import load_model
 from edgeopt.targets import get_target
 from edgeopt.targets.calibration import read_calibration
 from edgeopt.targets.calibration.calibrate import calibrate
+from edgeopt.targets.calibration.networks import quantize_qdq
 from edgeopt.targets.calibration.reference import prepared_reference, reference_total, speed_ratio
 from edgeopt.targets.calibration.runners import make_runner
 from edgeopt.targets.calibration.store import CalibrationError
@@ -79,25 +80,8 @@ def _resnet18(width: float, res: int, path: Path) -> dict[str, np.ndarray]:
 
 
 def _int8(source: Path, path: Path, feeds: dict[str, np.ndarray]) -> None:
-    if path.exists():
-        return
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            rng = np.random.default_rng(1)
-            self.items = iter([{k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in feeds.items()}
-                               for _ in range(4)])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    prepared = path.with_suffix(".pre.onnx")
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    prepared.unlink(missing_ok=True)
+    if not path.exists():
+        quantize_qdq(source, path, feeds, np.random.default_rng(1), samples=4)
 
 
 def _fp16(source: Path, path: Path) -> None:
