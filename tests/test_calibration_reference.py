@@ -31,3 +31,11 @@ def test_reference_times_repeat_on_one_machine() -> None:
 def test_a_model_keeps_its_least_loaded_round() -> None:
     """Other jobs only slow a round down: the cost-model bench keeps each model's fastest round."""
     assert Runner.settled([4.75e-3, 6.75e-3, 5.93e-3]) == pytest.approx(4.75e-3)
+
+
+def test_reference_takes_each_networks_least_loaded_round_as_the_models_do() -> None:
+    """Two quiet rounds of eight: the reference reads them as models' least loaded rounds do, not as the median."""
+    from edgeopt.targets.calibration.reference import reference_total
+
+    loaded, quiet = [0.095] * 6, [0.084, 0.085]
+    assert reference_total([loaded + quiet, [0.2] * 8]) == pytest.approx(0.084 + 0.2)

@@ -252,7 +252,8 @@ class Calibrator:
         s = self.settings
         nets = networks(s.composition_count, s.seed)
         if "int8" in _precisions(self.target):
-            nets += quantized_networks(s.quantized_count, s.seed)
+            nets += quantized_networks(s.quantized_count, s.seed, lambda done, total: self.progress(
+                "composition networks: quantizing to int8", done, total))
         profiling = self.runner.profiles_kernels
         timed, runs = [], []
         for i, (name, proto, feeds) in enumerate(nets):

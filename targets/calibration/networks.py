@@ -9,6 +9,7 @@ QDQ (``quantized_networks``) for targets that run int8.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -240,7 +241,8 @@ def quantize_qdq(source: Path, out: Path, feeds: dict[str, np.ndarray], rng: np.
         prepared.unlink(missing_ok=True)
 
 
-def quantized_networks(count: int, seed: int = 0) -> list[tuple[str, onnx.ModelProto, dict[str, np.ndarray]]]:
+def quantized_networks(count: int, seed: int = 0, progress: Callable[[int, int], None] | None = None
+                       ) -> list[tuple[str, onnx.ModelProto, dict[str, np.ndarray]]]:
     """CNNs of ``cnn`` quantized to int8 QDQ (``quantize_qdq``).
 
     Lone int8 kernels put ONNX Runtime's int8 ResNet-18 13-24 % over its measured time: its
@@ -259,4 +261,6 @@ def quantized_networks(count: int, seed: int = 0) -> list[tuple[str, onnx.ModelP
             onnx.save(model, str(source))
             quantize_qdq(source, quantized, feeds, rng)
             out.append((f"cnn-int8-{i}", onnx.load(str(quantized)), feeds))
+            if progress is not None:
+                progress(i + 1, count)
     return out
