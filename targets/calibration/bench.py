@@ -234,7 +234,7 @@ def _data(b: _Builder, p: dict[str, Any]) -> list[str]:
     if op in ("Concat", "Split", "Slice"):
         # In a CNN these join and part conv outputs (C2f / CSP blocks). Fed from graph inputs,
         # OpenVINO wrote a Concat's inputs straight into its output (0 us profiled) while
-        # YOLOv8n's Concats of conv outputs ran 0.1-0.6 ms; a cheap 1x1 depthwise conv per input
+        # YOLOv8n's Concats of conv outputs ran 0.02-0.6 ms; a cheap 1x1 depthwise conv per input
         # gives the layouts a model gives them, and calibrate.py times the data op alone inside.
         def produced(value: str, channels: int = c) -> str:
             w = b.weight((channels, 1, 1, 1))

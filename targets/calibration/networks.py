@@ -218,9 +218,12 @@ def networks(count: int, seed: int = 0) -> list[tuple[str, onnx.ModelProto, dict
 
 def quantize_qdq(source: Path, out: Path, feeds: dict[str, np.ndarray], rng: np.random.Generator,
                  samples: int = 2) -> None:
-    """``source`` quantized as users quantize for ONNX Runtime / OpenVINO: quant_pre_process (BatchNormalization
-    folded), then static QDQ with per-channel int8 weights and uint8 activations, calibrated on
-    ``samples`` random inputs shaped as ``feeds``."""
+    """Quantize ``source`` to a static QDQ model at ``out``, as users quantize for ONNX Runtime / OpenVINO.
+
+    quant_pre_process first (BatchNormalization folded into the convs), then quantize_static with
+    per-channel int8 weights and uint8 activations, calibrated on ``samples`` random inputs
+    shaped as ``feeds``.
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
