@@ -189,9 +189,6 @@ def test_composition_fit_takes_a_bounded_dispatch_credit() -> None:
     assert fit_composition(rows, 5e-5)["per_kernel_s"] >= -5e-6  # never an unbounded credit
 
 
-
-
-
 def _conv_sample(cin: int, cout: int, k: int, hw: int, silu: bool) -> KernelSample:
     out = cout * hw * hw
     attrs = {"out_elems": float(out), "k": float(k * k), "stride": 1.0, "cin": float(cin), "cout": float(cout),

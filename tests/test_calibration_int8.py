@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
 import pytest
 
 from edgeopt.targets import get_target
@@ -11,9 +13,16 @@ from edgeopt.targets.calibration.networks import quantized_networks
 from edgeopt.targets.calibration.runners import make_runner
 
 
-def test_calibration_quantizes_cnns_as_users_do() -> None:
+@pytest.fixture(scope="module")
+def quantized_cnn() -> tuple[str, onnx.ModelProto, dict[str, np.ndarray]]:
+    """One int8 composition network, quantized once for the tests below (about 3 s)."""
+    (network,) = quantized_networks(1)
+    return network
+
+
+def test_calibration_quantizes_cnns_as_users_do(quantized_cnn) -> None:
     """The int8 composition networks: every conv between a DequantizeLinear and a QuantizeLinear, BN folded."""
-    (_name, quantized, feeds), = quantized_networks(1)
+    _name, quantized, feeds = quantized_cnn
     producer = {out: n.op_type for n in quantized.graph.node for out in n.output}
     consumers = {name: n.op_type for n in quantized.graph.node for name in n.input}
     convs = [n for n in quantized.graph.node if n.op_type == "Conv"]
@@ -25,9 +34,9 @@ def test_calibration_quantizes_cnns_as_users_do() -> None:
     assert set(feeds) == {i.name for i in quantized.graph.input}
 
 
-def test_profile_of_a_qdq_cnn_finds_every_quantized_conv() -> None:
+def test_profile_of_a_qdq_cnn_finds_every_quantized_conv(quantized_cnn) -> None:
     # ORT fuses DQ -> Conv -> Q into a QLinearConv named after the Conv plus "_token_<n>".
-    (_name, quantized, feeds), = quantized_networks(1)
+    _name, quantized, feeds = quantized_cnn
     kernels, _ = _model_kernels(quantized, "onnxruntime")
     runner = make_runner("onnxruntime", "cpu", threads=1, budget_s=0.05, clock="cpu")
     profile = runner.kernel_profile(quantized, feeds, kernel_owners(kernels), len(kernels))
